@@ -1,0 +1,274 @@
+"""Generate text from a Llama-family checkpoint: python generate.py --checkpoint DIR --prompt TEXT --compile
+
+Also the library the other files use: load(), sample(), prefill(), decode_one_token(), generate().
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from model import CheckpointError, Transformer
+from tokenizer import StreamDecoder, Tokenizer
+
+DEMO_CHECKPOINT = Path(__file__).parent / "checkpoints" / "SmolLM2-135M-Instruct"
+
+
+class UsageError(ValueError):
+    """Bad input from the user; the CLI prints the message on one line and exits with status 2."""
+
+
+# ---------------------------------------------------------------------------------------- sampling
+def logits_to_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None) -> Tensor:
+    """Probabilities (B, V) after temperature, top-k and top-p (nucleus) filtering. logits: (B, V)."""
+    logits = logits.float() / max(temperature, 1e-5)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix with mass >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits.softmax(-1)
+
+
+def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None) -> Tensor:
+    """Next token ids (B,) from logits (B, V); temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = logits_to_probs(logits, temperature, top_k, top_p)
+    # Exponential-race sampling: argmax(p / E) with E ~ Exp(1) picks index i with probability p_i,
+    # like torch.multinomial but without its device-to-host sync, so it runs inside a CUDA graph.
+    return (probs / torch.empty_like(probs).exponential_(1)).argmax(-1)
+
+
+# ------------------------------------------------------------------------------- model steps
+def prefill(model: Transformer, idx: Tensor, input_pos: Tensor, **sampling) -> Tensor:
+    """Run the prompt idx (B, T) at positions input_pos (T,) through the model; return next tokens (B,)."""
+    return sample(model(idx, input_pos, last_only=True)[:, -1], **sampling)
+
+
+def decode_one_token(model: Transformer, x: Tensor, input_pos: Tensor, **sampling) -> Tensor:
+    """One decode step: x (B, 1) at position input_pos (1,); return next tokens (B,)."""
+    return sample(model(x, input_pos)[:, -1], **sampling)
+
+
+def compile_steps(compile_decode: bool, compile_prefill: bool):
+    """The (prefill, decode) callables, compiled as asked. Held as values, never rebound globals."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.coordinate_descent_tuning = True  # tunes the small decode kernels' launch shapes
+    inductor_config.triton.unique_kernel_names = True  # readable names in profiles
+    decode = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True) if compile_decode else decode_one_token
+    pre = torch.compile(prefill, dynamic=True, fullgraph=True) if compile_prefill else prefill
+    return pre, decode
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int, *, eos_ids=(),
+             prefill_fn=prefill, decode_fn=decode_one_token, callback=None, **sampling) -> list[list[int]]:
+    """Generate up to max_new_tokens after each prompt; return the new tokens of each row.
+
+    Prompts of different lengths are left-padded into one batch; each row stops at its first EOS
+    (the EOS is not returned). callback(step, tokens) receives each step's tokens (a list, one per row).
+    The caller has set up caches for at least len(prompts) rows and the longest prompt + max_new_tokens.
+    """
+    device = model.tok_embeddings.weight.device
+    B, T = len(prompts), max(len(p) for p in prompts)
+    if T + max_new_tokens > model.max_seq_len:
+        raise UsageError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the cache of "
+                         f"{model.max_seq_len} tokens: shorten the prompt or lower --max_new_tokens")
+    idx = torch.tensor([[0] * (T - len(p)) + p for p in prompts], device=device)  # (B, T) left-padded
+    model.row_start[:B].copy_(torch.tensor([T - len(p) for p in prompts]))
+    next_tok = prefill_fn(model, idx, torch.arange(T, device=device), **sampling)
+    out, done = [[] for _ in range(B)], [False] * B
+    input_pos = torch.tensor([T], device=device)
+    for step in range(max_new_tokens):
+        tokens = next_tok.tolist()
+        for row, tok in enumerate(tokens):
+            if not done[row]:
+                done[row] = tok in eos_ids
+                if not done[row]:
+                    out[row].append(tok)
+        if callback is not None:
+            callback(step, tokens)
+        if all(done) or step == max_new_tokens - 1:
+            break
+        # clone: a CUDA-graph output is overwritten by the next replay
+        next_tok = decode_fn(model, next_tok.view(B, 1), input_pos, **sampling).clone()
+        input_pos += 1
+    model.row_start.zero_()
+    return out
+
+
+# ------------------------------------------------------------------------------------ loading
+def load(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtype = torch.bfloat16):
+    """(model, tokenizer) from a checkpoint directory; raises CheckpointError with a clear message."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} not found: pass --checkpoint DIR "
+                              "(a Hugging Face model folder with config.json, *.safetensors and a tokenizer)")
+    tokenizer = Tokenizer(path)
+    model = Transformer.from_pretrained(path, device=device, dtype=dtype)
+    return model, tokenizer
+
+
+def weight_bytes(model: Transformer) -> int:
+    """Bytes of weights one decode step reads: every parameter and quantized buffer, but from the
+    embedding table only one row (unless it is tied to the output layer, which reads it all)."""
+    total = sum(t.numel() * t.element_size() for t in model.parameters())
+    total += sum(b.numel() * b.element_size() for n, b in model.named_buffers()
+                 if not (n.endswith((".k", ".v")) or n.startswith(("rope_", "row_start"))))
+    if not model.args.tie_embeddings:
+        emb = model.tok_embeddings.weight
+        total -= emb.numel() * emb.element_size()
+    return total
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help=f"checkpoint directory (default: {DEMO_CHECKPOINT.relative_to(Path(__file__).parent)})")
+    p.add_argument("--prompt", action="append", help="prompt text; repeat for a batch of prompts")
+    p.add_argument("--prompt_file", type=Path, help="file with one prompt per line (a batch)")
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    p.add_argument("--top_k", type=int, default=200, help="0 disables")
+    p.add_argument("--top_p", type=float, default=1.0, help="1.0 disables")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num_samples", type=int, default=1, help="generate this many times (timed separately)")
+    p.add_argument("--batch_size", type=int, default=1, help="repeat a single prompt into a batch")
+    p.add_argument("--compile", action="store_true", help="compile the decode step with CUDA graphs")
+    p.add_argument("--compile_prefill", action="store_true", help="compile prefill (dynamic shapes)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                   help="default: bfloat16 on cuda, float32 on cpu")
+
+    def error(message):  # one line, no usage dump
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    p.error = error
+    return p
+
+
+def check_args(args) -> None:
+    if args.checkpoint is None:
+        if not DEMO_CHECKPOINT.is_dir():
+            raise UsageError("no --checkpoint given and no demo model: run ./scripts/demo.sh, or pass --checkpoint DIR")
+        args.checkpoint = DEMO_CHECKPOINT
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA GPU is available: use --device cpu")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0 (0 is greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise UsageError(f"--top_k must be >= 0 (0 disables), got {args.top_k}")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise UsageError("--num_samples and --batch_size must be >= 1")
+
+
+def read_prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file is not None:
+        try:
+            prompts += [line for line in args.prompt_file.read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise UsageError(f"cannot read --prompt_file {args.prompt_file}: {e.strerror}") from None
+    if not prompts:
+        prompts = ["Once upon a time"] if args.prompt is None and args.prompt_file is None else [""]
+    if any(not p for p in prompts):
+        raise UsageError("empty prompt: pass some text with --prompt")
+    if len(prompts) > 1 and args.batch_size > 1:
+        raise UsageError("--batch_size repeats one prompt; with several prompts the batch is the prompts")
+    return prompts * args.batch_size
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    prompts = read_prompts(args)
+    device = args.device
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
+    t0 = time.perf_counter()
+    model, tokenizer = load(args.checkpoint, device, dtype)
+    print(f"Loaded {args.checkpoint} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+
+    encoded = [tokenizer.encode(p) for p in prompts]
+    longest = max(len(e) for e in encoded)
+    if longest + args.max_new_tokens > model.args.max_seq_len:
+        raise UsageError(f"prompt ({longest} tokens) + --max_new_tokens ({args.max_new_tokens}) exceeds the "
+                         f"model's context of {model.args.max_seq_len}: shorten the prompt or lower --max_new_tokens")
+    model.setup_caches(len(encoded), longest + args.max_new_tokens)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k or None,
+                    top_p=args.top_p if args.top_p < 1 else None)
+    prefill_fn, decode_fn = compile_steps(args.compile, args.compile_prefill)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    if args.compile or args.compile_prefill:  # compile (and record CUDA graphs) outside the timed runs
+        t0 = time.perf_counter()
+        generate(model, encoded, min(args.max_new_tokens, 3), prefill_fn=prefill_fn, decode_fn=decode_fn, **sampling)
+        sync()
+        print(f"Compiled in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+    n_bytes = weight_bytes(model)
+    for i in range(args.num_samples):
+        stream = StreamDecoder(tokenizer) if len(encoded) == 1 else None
+        if stream is not None:
+            print(prompts[0], end="", flush=True)
+        first = []
+
+        def on_token(step, tokens):
+            if step == 0:
+                sync()
+                first.append(time.perf_counter())
+            if stream is not None and tokens[0] not in tokenizer.eos_ids:
+                print(stream.put(tokens[0]), end="", flush=True)
+
+        sync()
+        t0 = time.perf_counter()
+        out = generate(model, encoded, args.max_new_tokens, eos_ids=tokenizer.eos_ids, prefill_fn=prefill_fn,
+                       decode_fn=decode_fn, callback=on_token, **sampling)
+        sync()
+        t1 = time.perf_counter()
+        if stream is None:
+            for ids, row in zip(encoded, out):  # decoded with the prompt: SentencePiece drops a leading space
+                print(f"--- {tokenizer.decode(ids + row)}")
+        else:
+            print()
+        n = max(len(r) for r in out)
+        tok_s = (n - 1) / (t1 - first[0]) if n > 1 else float("nan")
+        stats = (f"Sample {i + 1}: {sum(len(r) for r in out)} tokens in {t1 - t0:.2f} s, "
+                 f"time to first token {1000 * (first[0] - t0):.1f} ms, decode {tok_s:.1f} tok/s per row")
+        if device == "cuda":
+            stats += (f", {n_bytes * tok_s / 1e9:.0f} GB/s of weights, "
+                      f"peak memory {torch.cuda.max_memory_allocated() / 1e9:.2f} GB")
+        print(stats, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (UsageError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="default: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--chat", action="store_true", help="multi-turn chat in the terminal (chat.py)")
+    p.add_argument("--system", default=None, help="system prompt for --chat")
+    p.add_argument("--draft_checkpoint", type=Path, default=None, help="draft model for speculative decoding")
+    p.add_argument("--speculate_k", type=int, default=5, help="tokens the draft proposes per verification")
+    p.add_argument("--prompt_lookup", type=int, default=0,
+                   help="speculate without a draft model: match the last N tokens in the text so far")
 
     def error(message):  # one line, no usage dump
         print(f"error: {message}", file=sys.stderr)
@@ -217,6 +223,15 @@ def main(argv=None) -> None:
     prefill_fn, decode_fn = compile_steps(args.compile, args.compile_prefill)
     if args.seed is not None:
         torch.manual_seed(args.seed)
+    if args.chat:
+        from chat import chat_loop
+
+        return chat_loop(args, model, tokenizer, prefill_fn=prefill_fn, decode_fn=decode_fn, **sampling)
+    gen = generate  # speculative.py supplies a drop-in replacement with the same signature
+    if args.draft_checkpoint is not None or args.prompt_lookup:
+        from speculative import speculative_generator
+
+        gen = speculative_generator(args, model, tokenizer, device, dtype)
 
     def sync():
         if device == "cuda":
@@ -224,7 +239,7 @@ def main(argv=None) -> None:
 
     if args.compile or args.compile_prefill:  # compile (and record CUDA graphs) outside the timed runs
         t0 = time.perf_counter()
-        generate(model, encoded, min(args.max_new_tokens, 3), prefill_fn=prefill_fn, decode_fn=decode_fn, **sampling)
+        gen(model, encoded, min(args.max_new_tokens, 3), prefill_fn=prefill_fn, decode_fn=decode_fn, **sampling)
         sync()
         print(f"Compiled in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
         if args.seed is not None:
@@ -245,7 +260,7 @@ def main(argv=None) -> None:
 
         sync()
         t0 = time.perf_counter()
-        out = generate(model, encoded, args.max_new_tokens, eos_ids=tokenizer.eos_ids, prefill_fn=prefill_fn,
+        out = gen(model, encoded, args.max_new_tokens, eos_ids=tokenizer.eos_ids, prefill_fn=prefill_fn,
                        decode_fn=decode_fn, callback=on_token, **sampling)
         sync()
         t1 = time.perf_counter()

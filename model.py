@@ -248,9 +248,14 @@ class Transformer(nn.Module):
     def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.bfloat16) -> "Transformer":
         """Load a Hugging Face checkpoint directory (config.json + safetensors) onto device in dtype."""
         path = Path(path)
-        args = ModelArgs.from_hf_config(read_config(path))
+        config = read_config(path)
+        args = ModelArgs.from_hf_config(config)
         with torch.device("meta"):
             model = cls(args)
+        if "quantization" in config:  # written by quantize.py: swap in its quantized linear layers
+            from quantize import apply_quantization
+
+            apply_quantization(model, config["quantization"])
         state = load_hf_state_dict(path, args, device, dtype)
         if args.tie_embeddings:
             state.pop("output.weight", None)
@@ -332,7 +337,8 @@ def load_hf_state_dict(path: Path, args: ModelArgs, device, dtype) -> dict[str, 
                     if hf_name.endswith("rotary_emb.inv_freq"):
                         continue  # old checkpoints saved this buffer; it is recomputed
                     name, index = hf_to_ours(hf_name)
-                    parts.setdefault(name, {})[index] = f.get_tensor(hf_name).to(device=device, dtype=dtype)
+                    t = f.get_tensor(hf_name)  # quantized checkpoints keep their integer tensors as stored
+                    parts.setdefault(name, {})[index] = t.to(device, dtype if t.is_floating_point() else t.dtype)
         except (SafetensorError, OSError, RuntimeError) as e:
             raise CheckpointError(f"{file} is truncated or corrupt ({e}): re-download it") from None
     state = {}

@@ -1,0 +1,189 @@
+"""Generation: the stories260K reference text, tokenizers, batching, sampling, compile, and CLI errors."""
+import json
+import re
+
+import pytest
+import torch
+from conftest import run_cli, write_hf_checkpoint
+
+import generate as g
+from tokenizer import StreamDecoder, Tokenizer
+
+README_TEXT_RE = re.compile(r"\n    (Once upon a time.*?)\n\n", re.S)
+
+
+def reference_text(stories_dir) -> str:
+    """The greedy continuation published in the model's README (indented block, lines joined by newlines)."""
+    block = README_TEXT_RE.search((stories_dir / "README.md").read_text()).group(1)
+    return "\n".join(line.strip() for line in block.splitlines())
+
+
+@pytest.fixture(scope="module")
+def stories(stories_dir):
+    return g.load(stories_dir, "cpu", torch.float32)
+
+
+def greedy(model, prompts, n, **kw):
+    model.setup_caches(len(prompts), max(map(len, prompts)) + n)
+    return g.generate(model, prompts, n, temperature=0, **kw)
+
+
+def test_stories260k_reference_text(stories, stories_dir):
+    model, tok = stories
+    prompt = tok.encode("Once upon a time")
+    out = greedy(model, [prompt], 256 - len(prompt) + 1)[0]  # the README text is 256 tokens after BOS
+    text = tok.decode(prompt + out)
+    expected = reference_text(stories_dir)
+    assert len(expected) > 550
+    assert text == expected[: len(text)] and len(text) >= len(expected) - 12
+
+
+def test_cli_greedy_streams_reference_text(stories_dir):
+    r = run_cli("generate.py", "--checkpoint", stories_dir, "--prompt", "Once upon a time",
+                "--temperature", "0", "--max_new_tokens", "100", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert reference_text(stories_dir).startswith(r.stdout.strip())
+    assert len(r.stdout) > 250 and "tok/s" in r.stderr
+
+
+def test_batch_rows_equal_batch_1(stories):
+    model, tok = stories
+    prompts = [tok.encode(p) for p in ["Once upon a time", "Tom had a big red", "The cat"]]
+    batched = greedy(model, prompts, 30)
+    for p, row in zip(prompts, batched):
+        assert row == greedy(model, [p], 30)[0]
+
+
+def test_eos_stops(stories):
+    model, tok = stories
+    prompt = tok.encode("Once upon a time")
+    free = greedy(model, [prompt], 20)[0]
+    stop = free[5]
+    out = greedy(model, [prompt], 20, eos_ids=[stop])[0]
+    assert out == free[: free.index(stop)]
+
+
+def test_seeded_sampling_reproducible(stories):
+    model, tok = stories
+    prompt = tok.encode("Once upon a time")
+    model.setup_caches(1, len(prompt) + 40)
+    runs = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        runs.append(g.generate(model, [prompt], 40, temperature=1.0, top_k=50)[0])
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_top_k_top_p_respected():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 100)
+    probs = g.logits_to_probs(logits, temperature=1.0, top_k=5)
+    assert ((probs > 0).sum(-1) == 5).all()
+    assert torch.equal(probs.topk(5).indices.sort().values, logits.topk(5).indices.sort().values)
+    probs = g.logits_to_probs(logits, temperature=0.7, top_p=0.5)
+    full = (logits / 0.7).softmax(-1)
+    for row in range(3):  # the kept set is the smallest top prefix whose mass reaches 0.5
+        s = full[row].sort(descending=True).values
+        n = int((s.cumsum(0) < 0.5).sum()) + 1
+        assert (probs[row] > 0).sum() == n
+    draws = torch.stack([g.sample(logits, temperature=1.0, top_k=3) for _ in range(300)])
+    allowed = logits.topk(3).indices
+    assert all(torch.isin(draws[:, r], allowed[r]).all() for r in range(3))
+    assert torch.equal(g.sample(logits, temperature=0), logits.argmax(-1))
+
+
+def test_sampling_frequencies_match_probs():
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    draws = torch.stack([g.sample(logits, temperature=1.0) for _ in range(20000)]).flatten()
+    freq = torch.bincount(draws, minlength=4).float() / draws.numel()
+    assert (freq - logits.softmax(-1)[0]).abs().max() < 0.015
+
+
+def test_sentencepiece_round_trip_and_stream(stories_dir):
+    tok = Tokenizer(stories_dir)
+    assert tok.bos_id == 1 and tok.eos_ids == [2]
+    text = "Once upon a time, Lily saw a cat.\nShe said: \"hi!\" 42 ü"
+    ids = tok.encode(text)
+    assert ids[0] == 1 and tok.decode(ids) == text
+    stream = StreamDecoder(tok)
+    assert "".join(stream.put(i) for i in ids[1:]) == text
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory):
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 20, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    path = tmp_path_factory.mktemp("bpe")
+    tok.save(str(path / "tokenizer.json"))
+    (path / "config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 1}))
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 5]}))
+    return path
+
+
+def test_tokenizer_json_round_trip_and_stream(bpe_dir):
+    tok = Tokenizer(bpe_dir)
+    assert tok.bos_id == 0 and tok.eos_ids == [1, 5]
+    text = "the lazy fox — naïve 日本語 🦊!"
+    ids = tok.encode(text)
+    assert ids[0] == 0 and tok.decode(ids) == text
+    stream = StreamDecoder(tok)
+    pieces = [stream.put(i) for i in ids[1:]]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+def test_compiled_decode_matches_eager(tmp_path):
+    write_hf_checkpoint(tmp_path, "llama", vocab_size=61, hidden_size=32, intermediate_size=48)
+    model = g.Transformer.from_pretrained(tmp_path, dtype=torch.float32)
+    model.setup_caches(2, 32)  # one cache for every call: its shape is part of the compiled graph
+    prompts = [[1, 2, 3, 4, 5], [7, 8, 9]]
+    eager = g.generate(model, prompts, 12, temperature=0)
+    torch._dynamo.reset()
+    decode = torch.compile(g.decode_one_token, fullgraph=True)  # CPU inductor; default mode
+    assert g.generate(model, prompts, 12, temperature=0, decode_fn=decode) == eager
+    # New prompts of new lengths reuse the compiled step: no recompilation.
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for p in ([[3, 1, 4, 1, 5, 9, 2], [6]], [[2, 7, 1, 8], [5, 5]]):
+            assert g.generate(model, p, 12, temperature=0, decode_fn=decode) == g.generate(model, p, 12, temperature=0)
+
+
+BAD = [
+    (["--checkpoint", "/nonexistent/dir"], "not found"),
+    (["--prompt", ""], "empty prompt"),
+    (["--temperature", "-1"], "--temperature"),
+    (["--top_k", "-3"], "--top_k"),
+    (["--top_p", "1.5"], "--top_p"),
+    (["--max_new_tokens", "0"], "--max_new_tokens"),
+    (["--max_new_tokens", "600"], "exceeds the model's context"),
+    (["--prompt", "a " * 600], "exceeds the model's context"),
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["--temperature", "warm"], "invalid float"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD, ids=[m for _, m in BAD])
+def test_cli_bad_input(stories_dir, extra, message):
+    if extra[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    args = ["--checkpoint", str(stories_dir), "--device", "cpu", *extra]
+    if extra[0] == "--device":
+        args = ["--checkpoint", str(stories_dir), *extra]
+    r = run_cli("generate.py", *args)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_missing_files(tmp_path, stories_dir):
+    r = run_cli("generate.py", "--checkpoint", tmp_path, "--device", "cpu")
+    assert r.returncode == 2 and "tokenizer" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "tokenizer.model").write_bytes((stories_dir / "tokenizer.model").read_bytes())
+    r = run_cli("generate.py", "--checkpoint", tmp_path, "--device", "cpu")
+    assert r.returncode == 2 and "config.json not found" in r.stderr

@@ -1,0 +1,93 @@
+"""Logits parity with Hugging Face transformers, loaded through our loader, and loader errors."""
+import json
+
+import pytest
+import torch
+from conftest import write_hf_checkpoint
+
+from model import CheckpointError, ModelArgs, Transformer
+
+CONFIGS = {
+    "llama-gqa": ("llama", {}),
+    "llama-mha-tied": ("llama", dict(num_key_value_heads=4, tie_word_embeddings=True)),
+    "llama-mqa": ("llama", dict(num_key_value_heads=1)),
+    "llama-head-dim": ("llama", dict(head_dim=24)),  # head_dim * heads != hidden_size
+    "llama-attention-bias": ("llama", dict(attention_bias=True)),
+    "llama3-rope-scaling": ("llama", dict(rope_theta=500000.0, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=16))),
+    "mistral": ("mistral", dict(sliding_window=None)),
+    "qwen2-bias-tied": ("qwen2", dict(tie_word_embeddings=True)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def pair(request, tmp_path_factory):
+    model_type, overrides = CONFIGS[request.param]
+    path = tmp_path_factory.mktemp(request.param)
+    shard = "40KB" if request.param == "llama-gqa" else None  # exercise the sharded index path once
+    ref = write_hf_checkpoint(path, model_type, max_shard_size=shard, **overrides)
+    if shard:
+        assert (path / "model.safetensors.index.json").is_file()
+    model = Transformer.from_pretrained(path, device="cpu", dtype=torch.float32)
+    return ref, model
+
+
+def test_prefill_and_decode_match_transformers(pair):
+    ref, model = pair
+    torch.manual_seed(1)
+    idx = torch.randint(0, ref.config.vocab_size, (2, 40))
+    with torch.no_grad():
+        expected = ref(idx).logits
+        model.setup_caches(2, 64)
+        prefill = model(idx, torch.arange(40))
+        assert (prefill - expected).abs().max() <= 1e-4
+        # Token by token through the KV cache, after a short prefill.
+        model.setup_caches(2, 48)
+        steps = [model(idx[:, :8], torch.arange(8))]
+        steps += [model(idx[:, t:t + 1], torch.tensor([t])) for t in range(8, 40)]
+        assert (torch.cat(steps, 1) - expected).abs().max() <= 1e-4
+
+
+def test_args_from_config_variants():
+    base = dict(model_type="llama", hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                intermediate_size=96, vocab_size=10)
+    assert ModelArgs.from_hf_config(base).n_kv_heads == 4  # MHA when num_key_value_heads is absent
+    new_style = ModelArgs.from_hf_config({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}})
+    assert new_style.rope_theta == 1e6
+    assert ModelArgs.from_hf_config({**base, "model_type": "mistral", "max_position_embeddings": 32768,
+                                     "sliding_window": 4096}).max_seq_len == 4096
+    for bad, word in [({"model_type": "gpt2"}, "gpt2"), ({"num_local_experts": 8}, "experts"),
+                      ({"rope_scaling": {"rope_type": "yarn", "factor": 4}}, "yarn"),
+                      ({"hidden_act": "gelu"}, "gelu")]:
+        with pytest.raises(CheckpointError, match=word):
+            ModelArgs.from_hf_config({**base, **bad})
+
+
+def test_loader_errors(tmp_path, stories_dir):
+    import shutil
+
+    with pytest.raises(CheckpointError, match="config.json"):
+        Transformer.from_pretrained(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(stories_dir, bad)
+    (bad / "config.json").chmod(0o644)
+    (bad / "model.safetensors").chmod(0o644)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 100}))
+    with pytest.raises(CheckpointError, match="feed_forward.w13.weight has shape"):
+        Transformer.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 6}))
+    with pytest.raises(CheckpointError, match="missing.*layers.5"):
+        Transformer.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 4}))
+    with pytest.raises(CheckpointError, match="unexpected.*layers.4"):
+        Transformer.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps(cfg))
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors is truncated or corrupt"):
+        Transformer.from_pretrained(bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not readable JSON"):
+        Transformer.from_pretrained(bad)

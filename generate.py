@@ -29,7 +29,7 @@ def logits_to_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None 
     """Probabilities (B, V) after temperature, top-k and top-p (nucleus) filtering. logits: (B, V)."""
     logits = logits.float() / max(temperature, 1e-5)
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) k-th largest logit
+        kth = torch.topk(logits, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (B, 1) k-th largest
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -61,15 +61,64 @@ def decode_one_token(model: Transformer, x: Tensor, input_pos: Tensor, **samplin
     return sample(model(x, input_pos)[:, -1], **sampling)
 
 
-def compile_steps(compile_decode: bool, compile_prefill: bool):
-    """The (prefill, decode) callables, compiled as asked. Held as values, never rebound globals."""
+def compile_steps(compile_decode: bool, compile_prefill: bool, model: Transformer):
+    """The (prefill, decode) callables, compiled as asked. Held as values, never rebound globals.
+
+    Regional compilation: each transformer block is compiled, and one compile serves every layer
+    (25 s for a 7B model on an H100, against 84 s compiling the whole step; BENCHMARKS.md). On CUDA
+    the decode step is then recorded into one CUDA graph (CUDAGraphStep). Prefill runs through the same
+    compiled blocks, with the prompt length dynamic so a new length does not recompile.
+    """
     import torch._inductor.config as inductor_config
 
-    inductor_config.coordinate_descent_tuning = True  # tunes the small decode kernels' launch shapes
+    if not (compile_decode or compile_prefill):
+        return prefill, decode_one_token
+    inductor_config.coordinate_descent_tuning = True  # tunes the matrix-vector kernels' block sizes
     inductor_config.triton.unique_kernel_names = True  # readable names in profiles
-    decode = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True) if compile_decode else decode_one_token
-    pre = torch.compile(prefill, dynamic=True, fullgraph=True) if compile_prefill else prefill
-    return pre, decode
+    for layer in model.layers:
+        layer.compile(fullgraph=True)
+    sample_fn = torch.compile(sample, fullgraph=True)  # the sampling ops fuse into a few kernels
+
+    def decode(model, x, input_pos, **sampling):
+        return sample_fn(model(x, input_pos)[:, -1], **sampling)
+
+    if compile_decode and model.tok_embeddings.weight.is_cuda:
+        return prefill, CUDAGraphStep(decode)
+    return prefill, decode
+
+
+class CUDAGraphStep:
+    """Records a decode step into a CUDA graph, once per model, cache and input shape, then replays it.
+
+    One replay launches all of a step's few hundred kernels at once; at batch 1, launching them one by
+    one from Python would take longer than running them.
+    """
+
+    def __init__(self, fn):
+        self.fn, self.graphs = fn, {}
+
+    def __call__(self, model, x: Tensor, input_pos: Tensor, **sampling) -> Tensor:
+        cache = model.layers[0].attention.kv_cache.k
+        key = (id(model), cache.data_ptr(), tuple(cache.shape), tuple(x.shape), tuple(sorted(sampling.items())))
+        if key not in self.graphs:
+            self.graphs[key] = self.record(model, x.clone(), input_pos.clone(), sampling)
+        graph, static_x, static_pos, out = self.graphs[key]
+        static_x.copy_(x)
+        static_pos.copy_(input_pos)
+        graph.replay()
+        return out  # overwritten by the next replay: callers clone what they keep
+
+    def record(self, model, x, input_pos, sampling):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up runs compile and autotune outside the capture;
+            for _ in range(2):  # they write the same cache position the real step writes next
+                self.fn(model, x, input_pos, **sampling)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.fn(model, x, input_pos, **sampling)
+        return graph, x, input_pos, out
 
 
 @torch.no_grad()
@@ -202,14 +251,15 @@ def read_prompts(args) -> list[str]:
     return prompts * args.batch_size
 
 
-def main(argv=None) -> None:
+def main(argv=None, load_fn=load) -> None:
+    """The CLI; load_fn(checkpoint, device, dtype) -> (model, tokenizer) lets tp.py load a shard."""
     args = build_parser().parse_args(argv)
     check_args(args)
     prompts = read_prompts(args)
     device = args.device
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
     t0 = time.perf_counter()
-    model, tokenizer = load(args.checkpoint, device, dtype)
+    model, tokenizer = load_fn(args.checkpoint, device, dtype)
     print(f"Loaded {args.checkpoint} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
 
     encoded = [tokenizer.encode(p) for p in prompts]
@@ -220,7 +270,7 @@ def main(argv=None) -> None:
     model.setup_caches(len(encoded), longest + args.max_new_tokens)
     sampling = dict(temperature=args.temperature, top_k=args.top_k or None,
                     top_p=args.top_p if args.top_p < 1 else None)
-    prefill_fn, decode_fn = compile_steps(args.compile, args.compile_prefill)
+    prefill_fn, decode_fn = compile_steps(args.compile, args.compile_prefill, model)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     if args.chat:

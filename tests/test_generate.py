@@ -146,12 +146,15 @@ def test_compiled_decode_matches_eager(tmp_path):
     prompts = [[1, 2, 3, 4, 5], [7, 8, 9]]
     eager = g.generate(model, prompts, 12, temperature=0)
     torch._dynamo.reset()
-    decode = torch.compile(g.decode_one_token, fullgraph=True)  # CPU inductor; default mode
-    assert g.generate(model, prompts, 12, temperature=0, decode_fn=decode) == eager
-    # New prompts of new lengths reuse the compiled step: no recompilation.
+    prefill_fn, decode_fn = g.compile_steps(True, True, model)  # CPU inductor, the CLI's --compile path
+    assert g.generate(model, prompts, 12, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn) == eager
+    # New prompts of new lengths reuse the compiled blocks: no recompilation.
     with torch._dynamo.config.patch(error_on_recompile=True):
         for p in ([[3, 1, 4, 1, 5, 9, 2], [6]], [[2, 7, 1, 8], [5, 5]]):
-            assert g.generate(model, p, 12, temperature=0, decode_fn=decode) == g.generate(model, p, 12, temperature=0)
+            out = g.generate(model, p, 12, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn)
+            assert out == g.generate(model, p, 12, temperature=0)
+    for layer in model.layers:  # undo the in-place compile for other tests of this module
+        layer._compiled_call_impl = None
 
 
 BAD = [

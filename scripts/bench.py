@@ -1,0 +1,293 @@
+"""Decode speed against the memory-bandwidth ceiling, measured in one process.
+
+python scripts/bench.py --shape llama-2-7b [--modes bf16,int8,int4] [--batch_sizes 1,8,32]
+    [--prompt_lengths 5,2048] [--new_tokens 200] [--context 8192] [--checkpoint DIR] [--json FILE]
+
+Builds a model of a real architecture with random weights directly on the device (or loads
+--checkpoint), measures the device copy bandwidth (the ceiling), then for each mode, batch size and
+prompt length: decode tokens/s (median of --runs runs after a warm-up), achieved GB/s of weights and KV
+cache read per step and its fraction of the ceiling, time to first token, compile time, peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import generate as g  # noqa: E402
+from model import Attention, ModelArgs, Transformer  # noqa: E402
+
+SHAPES = {  # Hugging Face config fields of each architecture
+    "llama-2-7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=11008,
+                       vocab_size=32000, max_position_embeddings=4096),
+    "llama-2-13b": dict(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, intermediate_size=13824,
+                        vocab_size=32000, max_position_embeddings=4096),
+    "llama-2-70b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                        intermediate_size=28672, vocab_size=32000, max_position_embeddings=4096),
+    "llama-3-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                       intermediate_size=14336, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
+    "llama-3.1-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                         intermediate_size=14336, vocab_size=128256, max_position_embeddings=131072,
+                         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                           original_max_position_embeddings=8192), rope_theta=500000.0),
+    "llama-3.1-70b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                          intermediate_size=28672, vocab_size=128256, max_position_embeddings=131072,
+                          rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                            original_max_position_embeddings=8192), rope_theta=500000.0),
+    "mistral-7b": dict(model_type="mistral", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, intermediate_size=14336, vocab_size=32000,
+                       max_position_embeddings=32768, rope_theta=1000000.0),
+    "tinyllama-1.1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                           intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, vocab_size=256, max_position_embeddings=512),
+}
+
+
+def shape_config(shape: str) -> dict:
+    if shape in SHAPES:
+        return {"model_type": "llama", "rms_norm_eps": 1e-5, **SHAPES[shape]}
+    path = Path(shape)
+    if path.is_file():
+        return json.loads(path.read_text())
+    raise g.UsageError(f"unknown --shape {shape!r}: use one of {', '.join(SHAPES)} or a path to a config.json")
+
+
+def random_model(cfg: dict, device, dtype, max_seq_len: int) -> Transformer:
+    """A model of cfg's shape with random normal(0, 0.02) weights (never zeros: they run unrealistically fast)."""
+    args = ModelArgs.from_hf_config(cfg)
+    args.max_seq_len = max(args.max_seq_len, max_seq_len)  # RoPE extends; lets a 4k model time 8k contexts
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = model.to_empty(device=device).to(dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0, 0.02, generator=gen)
+    if args.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    return model.eval()
+
+
+def copy_bandwidth(device, n_bytes=2 << 30) -> float:
+    """Device-to-device copy bandwidth in GB/s, counting bytes read + written (the decode ceiling)."""
+    src = torch.randn(n_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(12):
+        t = timer(device)
+        dst.copy_(src)
+        times.append(t())
+    return 2 * n_bytes / statistics.median(times[2:]) / 1e9
+
+
+def timer(device):
+    """Start a timer; calling the result returns seconds elapsed, with the device's work finished."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+
+        def stop():
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000
+        return stop
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
+
+
+def kv_bytes_per_step(model: Transformer, batch: int, position: float) -> float:
+    """Bytes of K and V a decode step must read at a given position (the useful part of the cache)."""
+    a = model.args
+    return 2 * a.n_layers * batch * a.n_kv_heads * a.head_dim * position * model.tok_embeddings.weight.element_size()
+
+
+def run_one(model, prefill_fn, decode_fn, device, batch, prompt_len, new_tokens, runs, sampling, vocab):
+    """Time generation; return dict of the medians."""
+    prompts = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1)).tolist()
+    model.setup_caches(batch, prompt_len + new_tokens)
+    first = {}
+
+    def on_token(step, _tokens):  # tokens are on the host, so the device has finished this step
+        if step == 0:
+            first["t"] = time.perf_counter()
+
+    t0 = time.perf_counter()
+    g.generate(model, prompts, 3, prefill_fn=prefill_fn, decode_fn=decode_fn, callback=on_token, **sampling)
+    compile_s = time.perf_counter() - t0  # first prefill + first decode calls: compile and graph capture
+    prefill_compile_s = first["t"] - t0
+    decode_s, ttft_s = [], []
+    for _ in range(runs + 1):  # the first is a warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        g.generate(model, prompts, new_tokens, prefill_fn=prefill_fn, decode_fn=decode_fn, callback=on_token,
+                   **sampling)
+        sync(device)
+        t1 = time.perf_counter()
+        decode_s.append((t1 - first["t"]) / (new_tokens - 1))
+        ttft_s.append(first["t"] - t0)
+    step_s, ttft = statistics.median(decode_s[1:]), statistics.median(ttft_s[1:])
+    return dict(step_ms=1000 * step_s, tok_s=1 / step_s, agg_tok_s=batch / step_s, ttft_ms=1000 * ttft,
+                compile_s=compile_s, prefill_compile_s=prefill_compile_s,
+                spread_pct=100 * (max(decode_s[1:]) - min(decode_s[1:])) / step_s)
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def warm_start(argv: list[str]) -> float:
+    """Seconds for a fresh process to build the model and reach its first compiled token, cache warm."""
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, __file__, *argv, "--_probe"], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stderr[-2000:], file=sys.stderr)
+        return float("nan")
+    return time.perf_counter() - t0
+
+
+def profile(model, decode_fn, batch, sampling, steps=20):
+    """Kernel time per decode step, summed by kernel name (where the time goes)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    x = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
+    pos = torch.tensor([10], device="cuda")
+    for _ in range(3):
+        decode_fn(model, x, pos, **sampling)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            decode_fn(model, x, pos, **sampling)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events)
+    print(f"profile: {sum(e.count for e in events) / steps:.0f} kernels and {total / steps / 1000:.3f} ms "
+          f"of kernel time per step", file=sys.stderr)
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:25]:
+        print(f"  {e.self_device_time_total / steps:8.1f} us/step {e.count / steps:5.1f}x  {e.key[:110]}",
+              file=sys.stderr)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", default="llama-2-7b")
+    p.add_argument("--checkpoint", type=Path, default=None, help="benchmark real weights instead of --shape")
+    p.add_argument("--modes", default="bf16", help="comma list: bf16, int8, int4 (group 32), int4-g64, int4-g128")
+    p.add_argument("--batch_sizes", default="1")
+    p.add_argument("--prompt_lengths", default="5")
+    p.add_argument("--new_tokens", type=int, default=200)
+    p.add_argument("--context", type=int, default=0, help="also time decode after a prompt filling this context")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--sampling", default="default", help="comma list: default (temperature 0.8, top_k 200), greedy")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument("--no_compile", action="store_true", help="eager (for quick CPU checks)")
+    p.add_argument("--compile_prefill", action="store_true", help="also compile prefill (dynamic shapes)")
+    p.add_argument("--attention", default="matmul", help="comma list: decode attention as matmul (default) or sdpa")
+    p.add_argument("--warm_start", action="store_true", help="also time a fresh process with the compile cache warm")
+    p.add_argument("--profile", action="store_true", help="print the top kernels of 20 decode steps (first case)")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--_probe", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise g.UsageError("--device cuda but no CUDA GPU is available: use --device cpu (with --shape tiny)")
+    device, dtype = a.device, torch.bfloat16 if a.device == "cuda" else torch.float32
+    t_start = time.perf_counter()
+    modes = a.modes.split(",")
+    batch_sizes = [int(x) for x in a.batch_sizes.split(",")]
+    prompt_lengths = [int(x) for x in a.prompt_lengths.split(",")]
+    cases = [(b, pl, a.new_tokens) for b in batch_sizes for pl in prompt_lengths]
+    if a.context:
+        cases.append((1, a.context - a.new_tokens, a.new_tokens))
+    samplings = {"default": dict(temperature=0.8, top_k=200), "greedy": dict(temperature=0.0)}
+    need = max(pl + n for _, pl, n in cases)
+
+    def build(mode: str) -> Transformer:  # a fresh bf16 model per mode, then quantized in place
+        if a.checkpoint is not None:
+            model = Transformer.from_pretrained(a.checkpoint, device=device, dtype=dtype)
+        else:
+            model = random_model(shape_config(a.shape), device, dtype, need)
+        if mode != "bf16":
+            from quantize import quantize_model  # noqa: PLC0415 (quantize.py: issue 5)
+
+            bits, _, group = mode.partition("-g")
+            quantize_model(model, bits, int(group or 32))
+        return model
+
+    source = str(a.checkpoint or a.shape)
+    if a._probe:  # fresh-process warm start: build, compile (from cache), first token, exit
+        model = build(modes[0])
+        prefill_fn, decode_fn = g.compile_steps(not a.no_compile, a.compile_prefill, model)
+        run_one(model, prefill_fn, decode_fn, device, 1, 5, 3, 0, samplings["default"], model.args.vocab_size)
+        return
+    ceiling = copy_bandwidth(device) if device == "cuda" else float("nan")
+    print(f"{source} on {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"copy bandwidth {ceiling:.0f} GB/s", file=sys.stderr)
+    rows = []
+    for mode in modes:
+        for style in a.attention.split(","):
+            Attention.decode_matmul = style == "matmul"
+            model = build(mode)
+            w_bytes = g.weight_bytes(model)
+            prefill_fn, decode_fn = g.compile_steps(not a.no_compile, a.compile_prefill, model)
+            for sname in a.sampling.split(","):
+                for batch, pl, n in cases:
+                    if device == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                    r = run_one(model, prefill_fn, decode_fn, device, batch, pl, n, a.runs, samplings[sname],
+                                model.args.vocab_size)
+                    kv = kv_bytes_per_step(model, batch, pl + n / 2)
+                    gbs = (w_bytes + kv) * r["tok_s"] / 1e9
+                    r.update(mode=mode, style=style, sampling=sname, batch=batch, prompt=pl, new_tokens=n,
+                             weight_gb=w_bytes / 1e9, kv_gb=kv / 1e9, gb_s=gbs, of_ceiling=gbs / ceiling,
+                             peak_gb=torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else float("nan"))
+                    rows.append(r)
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+                    if a.profile and (batch, pl, n) == cases[0] and sname == a.sampling.split(",")[0]:
+                        profile(model, decode_fn, batch, samplings[sname])
+            del model, prefill_fn, decode_fn
+            torch._dynamo.reset()  # the next variant compiles cold, as a user's first run would
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    result = dict(source=source, device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                  torch=torch.__version__, copy_gb_s=ceiling, rows=rows, command=" ".join(sys.argv),
+                  date=time.strftime("%Y-%m-%d"), total_s=time.perf_counter() - t_start)
+    if a.warm_start and not a.no_compile:
+        result["warm_start_s"] = warm_start([x for x in (argv or sys.argv[1:]) if x != "--warm_start"])
+    if a.json:
+        tmp = a.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, a.json)
+    print(table(result))
+
+
+def table(result) -> str:
+    lines = [f"{result['source']} | {result['device']} | torch {result['torch']} | copy {result['copy_gb_s']:.0f} GB/s"
+             + (f" | warm start {result['warm_start_s']:.1f} s" if "warm_start_s" in result else ""), "",
+             "| mode | attention | sampling | batch | prompt | tok/s | agg tok/s | GB/s | of ceiling | TTFT ms | compile s | peak GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['mode']} | {r['style']} | {r['sampling']} | {r['batch']} | {r['prompt']} | {r['tok_s']:.1f} | "
+                     f"{r['agg_tok_s']:.1f} | {r['gb_s']:.0f} | {100 * r['of_ceiling']:.1f}% | {r['ttft_ms']:.1f} | "
+                     f"{r['compile_s']:.1f} | {r['peak_gb']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except g.UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

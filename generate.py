@@ -329,11 +329,18 @@ def main(argv=None, load_fn=load) -> None:
         print(stats, file=sys.stderr)
 
 
-if __name__ == "__main__":
+def run(main_fn, *args) -> None:
+    """Run a CLI entry point: user errors print one line and exit with status 2, no traceback."""
     try:
-        main()
+        main_fn(*args)
     except (UsageError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    import generate  # the importable module: other files raise its UsageError, not __main__'s
+
+    generate.run(generate.main)

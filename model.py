@@ -134,8 +134,6 @@ class KVCache(nn.Module):
 
 
 class Attention(nn.Module):
-    decode_matmul = True  # see forward
-
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
@@ -157,13 +155,7 @@ class Attention(nn.Module):
         R = H // KV
         q = q.view(B, T, KV, R, D).permute(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)
         mask = mask.unsqueeze(2).expand(B, 1, R, T, mask.shape[-1]).reshape(B, 1, R * T, -1)
-        if T == 1 and self.decode_matmul:
-            # Decode: a matrix-vector product over the cache. Written out, the compiler fuses it into a
-            # few bandwidth-bound kernels; SDPA's kernels are tiled for long queries (bench: --attention).
-            scores = (q @ k.transpose(2, 3)).float() * D ** -0.5  # (B, KV, R, S)
-            y = scores.masked_fill(~mask, float("-inf")).softmax(-1).type_as(q) @ v  # (B, KV, R, D)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, KV, R * T, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, KV, R * T, D)
         y = y.view(B, KV, R, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H * D)
         return self.wo(y)
 
@@ -246,7 +238,7 @@ class Transformer(nn.Module):
         mask = (k_pos <= q_pos) & ((k_pos >= start[:, :, None]) | (k_pos == q_pos))  # (B, T, S)
         mask = mask.unsqueeze(1)  # (B, 1, T, S)
         x = self.tok_embeddings(idx)
-        if idx.shape[1] > 1:  # prefill: compiled blocks get one graph for every prompt length
+        if idx.shape[1] > 1 and not torch.compiler.is_compiling():  # prefill: compiled blocks get one graph for every prompt length
             for t, dim in ((x, 1), (cos, 1), (sin, 1), (mask, 2), (input_pos, 0)):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
         for layer in self.layers:
@@ -306,6 +298,8 @@ def hf_to_ours(name: str) -> tuple[str, int]:
            "lm_head.weight": "output.weight"}
     if name in top:
         return top[name], 0
+    if name.startswith("lm_head."):  # a quantized output layer's scales and zeros (quantize.py)
+        return "output." + name[len("lm_head."):], 0
     parts = name.split(".")  # model.layers.{i}.{module}.{proj}.{weight|bias}
     if len(parts) >= 5 and parts[:2] == ["model", "layers"]:
         module, leaf = ".".join(parts[3:-1]), parts[-1]

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import generate as g  # noqa: E402
-from model import Attention, ModelArgs, Transformer  # noqa: E402
+from model import ModelArgs, Transformer  # noqa: E402
 
 SHAPES = {  # Hugging Face config fields of each architecture
     "llama-2-7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=11008,
@@ -195,7 +195,6 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--no_compile", action="store_true", help="eager (for quick CPU checks)")
     p.add_argument("--compile_prefill", action="store_true", help="also compile prefill (dynamic shapes)")
-    p.add_argument("--attention", default="matmul", help="comma list: decode attention as matmul (default) or sdpa")
     p.add_argument("--warm_start", action="store_true", help="also time a fresh process with the compile cache warm")
     p.add_argument("--profile", action="store_true", help="print the top kernels of 20 decode steps (first case)")
     p.add_argument("--json", type=Path, default=None)
@@ -237,49 +236,52 @@ def main(argv=None):
           f"copy bandwidth {ceiling:.0f} GB/s", file=sys.stderr)
     rows = []
     for mode in modes:
-        for style in a.attention.split(","):
-            Attention.decode_matmul = style == "matmul"
-            model = build(mode)
-            w_bytes = g.weight_bytes(model)
-            prefill_fn, decode_fn = g.compile_steps(not a.no_compile, a.compile_prefill, model)
-            for sname in a.sampling.split(","):
-                for batch, pl, n in cases:
-                    if device == "cuda":
-                        torch.cuda.reset_peak_memory_stats()
-                    r = run_one(model, prefill_fn, decode_fn, device, batch, pl, n, a.runs, samplings[sname],
-                                model.args.vocab_size)
-                    kv = kv_bytes_per_step(model, batch, pl + n / 2)
-                    gbs = (w_bytes + kv) * r["tok_s"] / 1e9
-                    r.update(mode=mode, style=style, sampling=sname, batch=batch, prompt=pl, new_tokens=n,
-                             weight_gb=w_bytes / 1e9, kv_gb=kv / 1e9, gb_s=gbs, of_ceiling=gbs / ceiling,
-                             peak_gb=torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else float("nan"))
-                    rows.append(r)
-                    print(json.dumps(r), file=sys.stderr, flush=True)
-                    if a.profile and (batch, pl, n) == cases[0] and sname == a.sampling.split(",")[0]:
-                        profile(model, decode_fn, batch, samplings[sname])
-            del model, prefill_fn, decode_fn
-            torch._dynamo.reset()  # the next variant compiles cold, as a user's first run would
-            if device == "cuda":
-                torch.cuda.empty_cache()
+        model = build(mode)
+        w_bytes = g.weight_bytes(model)
+        prefill_fn, decode_fn = g.compile_steps(not a.no_compile, a.compile_prefill, model)
+        for sname in a.sampling.split(","):
+            for batch, pl, n in cases:
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                r = run_one(model, prefill_fn, decode_fn, device, batch, pl, n, a.runs, samplings[sname],
+                            model.args.vocab_size)
+                kv = kv_bytes_per_step(model, batch, pl + n / 2)
+                gbs = (w_bytes + kv) * r["tok_s"] / 1e9
+                r.update(mode=mode, sampling=sname, batch=batch, prompt=pl, new_tokens=n,
+                         weight_gb=w_bytes / 1e9, kv_gb=kv / 1e9, gb_s=gbs, of_ceiling=gbs / ceiling,
+                         peak_gb=torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else float("nan"))
+                rows.append(r)
+                print(json.dumps(r), file=sys.stderr, flush=True)
+                save(a.json, dict(partial=True, rows=rows))
+                if a.profile and (batch, pl, n) == cases[0] and sname == a.sampling.split(",")[0]:
+                    profile(model, decode_fn, batch, samplings[sname])
+        del model, prefill_fn, decode_fn
+        torch._dynamo.reset()  # the next mode compiles cold, as a user's first run would
+        if device == "cuda":
+            torch.cuda.empty_cache()
     result = dict(source=source, device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
                   torch=torch.__version__, copy_gb_s=ceiling, rows=rows, command=" ".join(sys.argv),
                   date=time.strftime("%Y-%m-%d"), total_s=time.perf_counter() - t_start)
     if a.warm_start and not a.no_compile:
         result["warm_start_s"] = warm_start([x for x in (argv or sys.argv[1:]) if x != "--warm_start"])
-    if a.json:
-        tmp = a.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, a.json)
+    save(a.json, result)
     print(table(result))
+
+
+def save(path: Path | None, result: dict) -> None:
+    if path is not None:  # atomically, and after every row: a run cut short still leaves its numbers
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, path)
 
 
 def table(result) -> str:
     lines = [f"{result['source']} | {result['device']} | torch {result['torch']} | copy {result['copy_gb_s']:.0f} GB/s"
              + (f" | warm start {result['warm_start_s']:.1f} s" if "warm_start_s" in result else ""), "",
-             "| mode | attention | sampling | batch | prompt | tok/s | agg tok/s | GB/s | of ceiling | TTFT ms | compile s | peak GB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| mode | sampling | batch | prompt | tok/s | agg tok/s | GB/s | of ceiling | TTFT ms | compile s | peak GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['mode']} | {r['style']} | {r['sampling']} | {r['batch']} | {r['prompt']} | {r['tok_s']:.1f} | "
+        lines.append(f"| {r['mode']} | {r['sampling']} | {r['batch']} | {r['prompt']} | {r['tok_s']:.1f} | "
                      f"{r['agg_tok_s']:.1f} | {r['gb_s']:.0f} | {100 * r['of_ceiling']:.1f}% | {r['ttft_ms']:.1f} | "
                      f"{r['compile_s']:.1f} | {r['peak_gb']:.1f} |")
     return "\n".join(lines)

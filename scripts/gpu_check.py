@@ -31,9 +31,15 @@ def main():
     ok = True
 
     eager = g.generate(model, prompts[:1], a.steps, temperature=0)[0]
-    with torch.no_grad():  # eager logits at every step, for judging ties
-        seq = torch.tensor([prompts[0] + eager], device="cuda")
-        logits = model(seq, torch.arange(seq.shape[1], device="cuda"))[0, len(prompts[0]) - 1:].float()
+    seq = torch.tensor([prompts[0] + eager], device="cuda")
+    with torch.no_grad():  # float32 reference logits at every step, same weights upcast
+        ref = random_model(shape_config(a.shape), "cuda", torch.float32, 256)
+        ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+        ref.setup_caches(1, 256)
+        ref32 = ref(seq, torch.arange(seq.shape[1], device="cuda"))[0, len(prompts[0]) - 1:].float()
+        eager_logits = model(seq, torch.arange(seq.shape[1], device="cuda"))[0, len(prompts[0]) - 1:].float()
+        del ref
+    band = 2 * (eager_logits - ref32).abs().max().item()  # twice eager bf16's own error
     prefill_fn, decode_fn = g.compile_steps(True, True, model)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -48,14 +54,11 @@ def main():
         x.fill_(eager[i])
         pos += 1
     diffs = [i for i in range(a.steps) if forced[i] != eager[i]]
-    ties = []
-    for i in diffs:
-        top2 = logits[i].topk(2).values
-        ulp = 2.0 ** (torch.floor(torch.log2(top2[0].abs())).item() - 7)
-        ties.append((top2[0] - top2[1]).item() <= 2 * ulp and forced[i] in logits[i].topk(4).indices.tolist())
-    print(f"greedy, compiled vs eager on the same inputs: {a.steps - len(diffs)}/{a.steps} steps identical, "
-          f"{len(diffs)} differ, of which {sum(ties)} at bf16 ties (top-2 logits within 2 ulp)")
-    ok &= all(ties)
+    # Where compiled and eager differ, both must be near-ties in float32: a wrong kernel picks tokens far below the top.
+    near = [ref32[i, forced[i]].item() >= ref32[i].max().item() - band for i in diffs]
+    print(f"greedy, compiled vs eager on the same inputs: {a.steps - len(diffs)}/{a.steps} steps identical; "
+          f"{len(diffs)} differ, {sum(near)} of them within the bf16 error band ({band:.3f}) of the float32 top logit")
+    ok &= all(near)
     free = g.generate(model, prompts[:1], a.steps, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn)[0]
     same = next((i for i, (u, v) in enumerate(zip(eager, free)) if u != v), a.steps)
     print(f"free-running compiled greedy: first {same}/{a.steps} tokens identical to eager")
@@ -69,16 +72,16 @@ def main():
                 torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
                 print(f"prompt of {len(prompt)} tokens: no recompilation, {a.steps / dt:.1f} tok/s incl. prefill")
-            runs = []
-            for _ in range(2):
-                torch.manual_seed(123)
-                runs.append(g.generate(model, [prompts[1]], 30, temperature=0.8, top_k=200,
-                                       prefill_fn=prefill_fn, decode_fn=decode_fn)[0])
-            print(f"seeded sampling repeats: {runs[0] == runs[1]}")
-            ok &= runs[0] == runs[1]
         except torch._dynamo.exc.RecompileError as e:
             print(f"FAIL: recompiled: {e}")
             ok = False
+    runs = []  # a new sampling setting compiles the sampler once; then seeded runs must repeat
+    for _ in range(2):
+        torch.manual_seed(123)
+        runs.append(g.generate(model, [prompts[1]], 30, temperature=0.8, top_k=200,
+                               prefill_fn=prefill_fn, decode_fn=decode_fn)[0])
+    print(f"seeded sampling repeats: {runs[0] == runs[1]}")
+    ok &= runs[0] == runs[1]
     print(f"compile + first 3 tokens: {compile_s:.1f} s")
     print("GPU CHECK PASSED" if ok else "GPU CHECK FAILED")
     sys.exit(0 if ok else 1)

@@ -238,7 +238,8 @@ class Transformer(nn.Module):
         mask = (k_pos <= q_pos) & ((k_pos >= start[:, :, None]) | (k_pos == q_pos))  # (B, T, S)
         mask = mask.unsqueeze(1)  # (B, 1, T, S)
         x = self.tok_embeddings(idx)
-        if idx.shape[1] > 1 and not torch.compiler.is_compiling():  # prefill: compiled blocks get one graph for every prompt length
+        # Prefill: compiled blocks get one graph for every prompt length (not while tracing a caller's graph).
+        if idx.shape[1] > 1 and not torch.compiler.is_compiling():
             for t, dim in ((x, 1), (cos, 1), (sin, 1), (mask, 2), (input_pos, 0)):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
         for layer in self.layers:

@@ -61,12 +61,17 @@ def shape_config(shape: str) -> dict:
     raise g.UsageError(f"unknown --shape {shape!r}: use one of {', '.join(SHAPES)} or a path to a config.json")
 
 
-def random_model(cfg: dict, device, dtype, max_seq_len: int) -> Transformer:
-    """A model of cfg's shape with random normal(0, 0.02) weights (never zeros: they run unrealistically fast)."""
+def random_model(cfg: dict, device, dtype, max_seq_len: int, tp=None) -> Transformer:
+    """A model of cfg's shape with random normal(0, 0.02) weights (never zeros: they run unrealistically fast).
+    tp=(rank, world_size): only this rank's tensor-parallel shard is allocated."""
     args = ModelArgs.from_hf_config(cfg)
     args.max_seq_len = max(args.max_seq_len, max_seq_len)  # RoPE extends; lets a 4k model time 8k contexts
     with torch.device("meta"):
         model = Transformer(args)
+    if tp is not None:
+        from tp import shard_model
+
+        model = shard_model(model, *tp)
     model = model.to_empty(device=device).to(dtype)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
@@ -75,7 +80,7 @@ def random_model(cfg: dict, device, dtype, max_seq_len: int) -> Transformer:
                 p.fill_(1.0)
             else:
                 p.normal_(0, 0.02, generator=gen)
-    if args.tie_embeddings:
+    if model.args.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
     return model.eval()
 
@@ -203,6 +208,19 @@ def main(argv=None):
     if a.device == "cuda" and not torch.cuda.is_available():
         raise g.UsageError("--device cuda but no CUDA GPU is available: use --device cpu (with --shape tiny)")
     device, dtype = a.device, torch.bfloat16 if a.device == "cuda" else torch.float32
+    # Tensor-parallel mode when launched by torchrun: every rank builds and times its shard, rank 0 reports.
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    tp = None
+    if world > 1:
+        import torch.distributed as dist
+
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        tp = (rank, world)
+        torch.manual_seed(0)  # every rank samples the same tokens from the same logits
+        if rank != 0:
+            sys.stdout = sys.stderr = open(os.devnull, "w")
     t_start = time.perf_counter()
     modes = a.modes.split(",")
     batch_sizes = [int(x) for x in a.batch_sizes.split(",")]
@@ -215,9 +233,11 @@ def main(argv=None):
 
     def build(mode: str) -> Transformer:  # a fresh bf16 model per mode, then quantized in place
         if a.checkpoint is not None:
+            if tp is not None:
+                raise g.UsageError("the tensor-parallel bench uses --shape; for a checkpoint time tp.py")
             model = Transformer.from_pretrained(a.checkpoint, device=device, dtype=dtype)
         else:
-            model = random_model(shape_config(a.shape), device, dtype, need)
+            model = random_model(shape_config(a.shape), device, dtype, need, tp)
         if mode != "bf16":
             from quantize import quantize_model  # noqa: PLC0415 (quantize.py: issue 5)
 
@@ -225,7 +245,7 @@ def main(argv=None):
             quantize_model(model, bits, int(group or 32))
         return model
 
-    source = str(a.checkpoint or a.shape)
+    source = str(a.checkpoint or a.shape) + (f", tensor parallel over {world} GPUs (GB/s per GPU)" if tp else "")
     if a._probe:  # fresh-process warm start: build, compile (from cache), first token, exit
         model = build(modes[0])
         prefill_fn, decode_fn = g.compile_steps(not a.no_compile, a.compile_prefill, model)
@@ -252,7 +272,7 @@ def main(argv=None):
                          peak_gb=torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else float("nan"))
                 rows.append(r)
                 print(json.dumps(r), file=sys.stderr, flush=True)
-                save(a.json, dict(partial=True, rows=rows))
+                save(a.json if rank == 0 else None, dict(partial=True, rows=rows))
                 if a.profile and (batch, pl, n) == cases[0] and sname == a.sampling.split(",")[0]:
                     profile(model, decode_fn, batch, samplings[sname])
         del model, prefill_fn, decode_fn
@@ -262,9 +282,9 @@ def main(argv=None):
     result = dict(source=source, device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
                   torch=torch.__version__, copy_gb_s=ceiling, rows=rows, command=" ".join(sys.argv),
                   date=time.strftime("%Y-%m-%d"), total_s=time.perf_counter() - t_start)
-    if a.warm_start and not a.no_compile:
+    if a.warm_start and not a.no_compile and tp is None:
         result["warm_start_s"] = warm_start([x for x in (argv or sys.argv[1:]) if x != "--warm_start"])
-    save(a.json, result)
+    save(a.json if rank == 0 else None, result)
     print(table(result))
 
 

@@ -1,0 +1,257 @@
+"""GPU check of tensor parallelism (tp.py): correctness, memory, speed, all-reduce cost. Run on one host:
+
+  NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+      torchrun --standalone --nproc_per_node=2 scripts/gpu_check_tp.py [--layers 32] [--new_tokens 200]
+
+1. Correctness (float32, Llama-2-7B widths, 4 layers, random weights): greedy tokens of one GPU (eager),
+   of the N-GPU shard eager and compiled with CUDA graphs must all be equal; with sampling (same seed)
+   every rank must draw the same tokens.
+2. Speed (bfloat16, Llama-2-7B shape): compiled decode tokens/s on one GPU and on N GPUs, per-GPU
+   weight memory and bandwidth (weights read per token x tokens/s). With --int8_70b 80: the same for
+   a Llama-2-70B-shape int8 model, as a fraction of the copy bandwidth measured in the same process.
+3. All-reduce of one decode activation (1, 1, dim), 2 x layers of them in one CUDA graph: NCCL through
+   the functional collective tp.py uses, and PyTorch's symmetric-memory one-shot all-reduce where it runs.
+4. Last, tp.py's opt-in --all_reduce symm_mem: greedy equality (float32) and tokens/s (bf16).
+Rank 0 prints a table last and writes gpu_check_tp.json under $OUT (if set).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import generate  # noqa: E402
+from model import ModelArgs, Transformer  # noqa: E402
+from tp import shard_model  # noqa: E402
+
+PROMPT = [[1, 450, 4996, 17354, 1701]]  # 5 fixed token ids
+
+
+def build(args: ModelArgs, dtype) -> Transformer:
+    """A random model (normal, std 0.02; norms 1) on this rank's GPU, the same on every rank."""
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Transformer(args).to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.normal_(0, 0.02)
+    return model.eval()
+
+
+def run(model, n_tokens, decode_fn=generate.decode_one_token, temperature=0.0, top_k=None):
+    """(tokens, decode tok/s) of one generate call, timed from the first token like generate.py;
+    greedy unless a temperature is given."""
+    model.setup_caches(1, len(PROMPT[0]) + n_tokens)
+    first = []
+
+    def on_token(step, _):
+        if step == 0:
+            torch.cuda.synchronize()
+            first.append(time.perf_counter())
+
+    out = generate.generate(model, PROMPT, n_tokens, decode_fn=decode_fn, callback=on_token,
+                            temperature=temperature, top_k=top_k)[0]
+    torch.cuda.synchronize()
+    return out, (len(out) - 1) / (time.perf_counter() - first[0])
+
+
+def timed(model, n_tokens, decode_fn, repeats=3):
+    """Median decode tok/s, sampling as in PERF.md (temperature 0.8, top_k 200), after a warm-up run."""
+    sampling = dict(temperature=0.8, top_k=200)
+    run(model, n_tokens, decode_fn, **sampling)  # compile and record CUDA graphs
+    return sorted(run(model, n_tokens, decode_fn, **sampling)[1] for _ in range(repeats))[repeats // 2]
+
+
+def graph_time_ms(fn, calls: int) -> float:
+    """Milliseconds per call of fn(), `calls` of them recorded in one CUDA graph, median of 20 replays."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    times = []
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        dist.barrier()
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return sorted(times)[10]
+
+
+def all_reduce_times(dim: int, calls: int) -> dict:
+    """Milliseconds per all-reduce of one decode activation, or why it could not run."""
+    x = torch.randn(1, 1, dim, device="cuda", dtype=torch.bfloat16)
+
+    def symm_mem_fn():
+        import torch.distributed._symmetric_memory as symm_mem
+
+        group = dist.group.WORLD.group_name
+        buf = symm_mem.empty(dim, dtype=torch.bfloat16, device="cuda")
+        symm_mem.rendezvous(buf, group)
+        # The input must live in symmetric memory: the copy is part of the cost a model would pay.
+        return lambda: torch.ops.symm_mem.one_shot_all_reduce(buf.copy_(x.view(-1)), "sum", group)
+
+    variants = {"nccl (funcol)": lambda: lambda: funcol.wait_tensor(funcol.all_reduce(x, "sum", dist.group.WORLD)),
+                "symm_mem one_shot": symm_mem_fn}
+    out = {}
+    for name, make in variants.items():
+        try:
+            out[name] = graph_time_ms(make(), calls)
+        except Exception as e:  # not built, or not supported on this machine: report and go on
+            out[name] = f"n/a ({type(e).__name__}: {str(e)[:80]})"
+    return out
+
+
+def copy_bandwidth() -> float:
+    """Device memory bandwidth in bytes/s: a 4 GB device-to-device copy, bytes read + written."""
+    x = torch.empty(2 * 2**30, dtype=torch.bfloat16, device="cuda")
+    y = torch.empty_like(x)
+    return 2 * x.nbytes / (graph_time_ms(lambda: y.copy_(x), 1) / 1000)
+
+
+def int8_70b(layers: int, new_tokens: int, rank: int, n: int) -> dict:
+    """Llama-2-70B shape, int8: each rank builds only its shard (meta device, shard_model, to_empty,
+    random init, quantize_model), so no GPU ever holds the whole model."""
+    from quantize import quantize_model
+
+    args = ModelArgs(n_layers=layers, dim=8192, n_heads=64, n_kv_heads=8, head_dim=128, intermediate_size=28672,
+                     vocab_size=32000)
+    with torch.device("meta"):
+        shard = shard_model(Transformer(args), rank, n)
+    shard = shard.to(torch.bfloat16).to_empty(device="cuda")  # bf16 first: 35B float32 values would not fit
+    torch.manual_seed(0)  # replicated tensors (embedding, norms, output) must be equal on every rank
+    with torch.no_grad():
+        for name, t in shard.named_parameters():
+            if "norm" in name:
+                t.fill_(1.0)
+            else:
+                t.normal_(0, 0.02)
+    shard = quantize_model(shard.eval(), "int8")
+    tok_s = timed(shard, new_tokens, generate.compile_steps(True, False, shard)[1])
+    weights, bw = generate.weight_bytes(shard), copy_bandwidth()
+    return {"tok_s": tok_s, "weights_GB_per_gpu": weights / 1e9, "GB_s_per_gpu": weights * tok_s / 1e9,
+            "copy_GB_s": bw / 1e9, "fraction_of_ceiling": weights * tok_s / bw}
+
+
+def write_json(report: dict) -> None:
+    if os.environ.get("OUT"):
+        out = Path(os.environ["OUT"]) / "gpu_check_tp.json"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=str))
+        os.replace(tmp, out)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=32, help="layers of the speed model (Llama-2-7B: 32)")
+    p.add_argument("--new_tokens", type=int, default=200)
+    p.add_argument("--int8_70b", type=int, default=0, metavar="LAYERS",
+                   help="also time a Llama-2-70B-shape int8 model with this many layers (80 for the real depth)")
+    a = p.parse_args()
+    rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(local)
+    dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+    n = dist.get_world_size()
+    shape = dict(dim=4096, n_heads=32, n_kv_heads=32, head_dim=128, intermediate_size=11008, vocab_size=32000)
+    report, ok = {"world_size": n, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}, True
+
+    # 1. correctness, float32
+    full = build(ModelArgs(n_layers=4, **shape), torch.float32)
+    single, _ = run(full, 64)
+    shard = shard_model(full, rank, n)
+    del full
+    eager, _ = run(shard, 64)
+    compiled, _ = run(shard, 64, generate.compile_steps(True, False, shard)[1])
+    torch.manual_seed(1)  # the same seed on every rank, as tp.py does
+    sampled, _ = run(shard, 64, temperature=0.8, top_k=200)
+    every = [None] * n
+    dist.all_gather_object(every, sampled)
+    checks = {"eager N-GPU == 1 GPU": eager == single, "compiled N-GPU == 1 GPU": compiled == single,
+              "sampled tokens equal on all ranks": all(s == sampled for s in every)}
+    ok = all(checks.values())
+    report["checks"] = checks
+    del shard
+    torch.cuda.empty_cache()
+
+    # 2. speed, bfloat16
+    args = ModelArgs(n_layers=a.layers, **shape)
+    full = build(args, torch.bfloat16)
+    tok_s_1 = timed(full, a.new_tokens, generate.compile_steps(True, False, full)[1])
+    bytes_1 = generate.weight_bytes(full)
+    shard = shard_model(full, rank, n)
+    del full
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    tok_s_n = timed(shard, a.new_tokens, generate.compile_steps(True, False, shard)[1])
+    bytes_n = generate.weight_bytes(shard)
+    mem = [None] * n
+    dist.all_gather_object(mem, (torch.cuda.memory_allocated() / 1e9, torch.cuda.max_memory_allocated() / 1e9))
+    report["speed"] = {"tok_s_1gpu": tok_s_1, "tok_s_ngpu": tok_s_n, "speedup": tok_s_n / tok_s_1,
+                       "weights_GB_1gpu": bytes_1 / 1e9, "weights_GB_per_gpu": bytes_n / 1e9,
+                       "GB_s_1gpu": bytes_1 * tok_s_1 / 1e9, "GB_s_per_gpu": bytes_n * tok_s_n / 1e9,
+                       "memory_GB_per_rank (allocated, peak)": mem}
+    del shard
+    torch.cuda.empty_cache()
+
+    # 3. all-reduce per layer (two per layer)
+    report["all_reduce_ms"] = all_reduce_times(shape["dim"], 2 * a.layers)
+    if a.int8_70b:
+        report["int8_70b"] = int8_70b(a.int8_70b, a.new_tokens, rank, n)
+    if rank == 0:
+        s, dim, nccl_ms = report["speed"], shape["dim"], report["all_reduce_ms"]["nccl (funcol)"]
+        nccl_share = f"{2 * a.layers * nccl_ms * s['tok_s_ngpu'] / 1000:.0%}" if isinstance(nccl_ms, float) else "n/a"
+        rows = [*(f"{k:<40} {'PASS' if v else 'FAIL'}" for k, v in checks.items()),
+                f"{'decode tok/s, 1 GPU (bf16, compiled)':<40} {s['tok_s_1gpu']:.1f}",
+                f"{f'decode tok/s, {n} GPUs':<40} {s['tok_s_ngpu']:.1f} ({s['speedup']:.2f}x)",
+                f"{'weights GB: 1 GPU / per GPU':<40} {s['weights_GB_1gpu']:.2f} / {s['weights_GB_per_gpu']:.2f}",
+                f"{'weight GB/s: 1 GPU / per GPU':<40} {s['GB_s_1gpu']:.0f} / {s['GB_s_per_gpu']:.0f}",
+                *(f"{f'memory GB rank {r} (allocated, peak)':<40} {m[0]:.2f}, {m[1]:.2f}" for r, m in enumerate(mem)),
+                *(f"{f'all-reduce (1, 1, {dim}) bf16, {k}':<40} "
+                  f"{v if isinstance(v, str) else f'{v * 1000:.1f} us'}" for k, v in report["all_reduce_ms"].items()),
+                f"{f'{2 * a.layers} NCCL all-reduces, share of a token':<40} {nccl_share}"]
+        if a.int8_70b:
+            b = report["int8_70b"]
+            rows += [f"{f'70B-shape int8 ({a.int8_70b} layers), {n} GPUs':<40} {b['tok_s']:.1f} tok/s, "
+                     f"{b['weights_GB_per_gpu']:.1f} GB and {b['GB_s_per_gpu']:.0f} GB/s per GPU, "
+                     f"{b['fraction_of_ceiling']:.0%} of {b['copy_GB_s']:.0f} GB/s copy bandwidth"]
+        print("\n".join(["", f"tp.py on {n} x {report['gpu']}, torch {report['torch']}", *rows]), flush=True)
+        write_json(report)
+
+    # 4. tp.py's opt-in symmetric-memory all-reduce, last: the table above is out even if it fails
+    try:
+        full = build(ModelArgs(n_layers=4, **shape), torch.float32)
+        shard = shard_model(full, rank, n, all_reduce="symm_mem")
+        del full
+        same = run(shard, 64, generate.compile_steps(True, False, shard)[1])[0] == single
+        del shard
+        full = build(args, torch.bfloat16)
+        shard = shard_model(full, rank, n, all_reduce="symm_mem")
+        del full
+        report["symm_mem"] = {"compiled N-GPU == 1 GPU": same,
+                              "tok_s_ngpu": timed(shard, a.new_tokens, generate.compile_steps(True, False, shard)[1])}
+        line = f"compiled greedy == 1 GPU: {'PASS' if same else 'FAIL'}, {report['symm_mem']['tok_s_ngpu']:.1f} tok/s"
+    except Exception as e:  # not built or not supported here
+        report["symm_mem"] = line = f"n/a ({type(e).__name__}: {str(e)[:120]})"
+    if rank == 0:
+        print(f"{'--all_reduce symm_mem, ' + str(n) + ' GPUs':<40} {line}")
+        write_json(report)
+    dist.destroy_process_group()
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""scripts/bench.py runs on CPU with a tiny shape and fails clearly without a GPU."""
+import json
+
+import torch
+from conftest import run_cli
+
+
+def test_bench_cpu_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli("scripts/bench.py", "--shape", "tiny", "--device", "cpu", "--no_compile", "--batch_sizes", "1,2",
+                "--prompt_lengths", "5,9", "--new_tokens", "8", "--context", "64", "--runs", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    cases = [(row["batch"], row["prompt"]) for row in result["rows"]]
+    assert cases == [(1, 5), (1, 9), (2, 5), (2, 9), (1, 56)]
+    assert all(row["tok_s"] > 0 and row["ttft_ms"] > 0 for row in result["rows"])
+    assert "| mode | sampling | batch |" in r.stdout and r.stdout.count("| bf16 |") == 5
+
+
+def test_bench_without_gpu_or_with_bad_shape():
+    if not torch.cuda.is_available():
+        r = run_cli("scripts/bench.py", "--device", "cuda")
+        assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("scripts/bench.py", "--shape", "gpt-5", "--device", "cpu")
+    assert r.returncode == 2 and "unknown --shape" in r.stderr

@@ -1,0 +1,329 @@
+"""Tensor parallelism: torchrun --standalone --nproc_per_node=N tp.py --checkpoint DIR [generate.py's flags]
+
+Megatron-style: every layer is split across the N ranks (one GPU each, NCCL; or CPU processes, gloo).
+Attention is split by heads (each rank's wqkv holds its query heads and their key/value heads) and
+the FFN's gate/up projection by columns; the attention output (wo) and down projection (w2) are split
+by rows, so each rank holds a partial sum that one all-reduce completes: two all-reduces per layer.
+With fewer key/value heads than ranks, each key/value head is replicated on the ranks whose query
+heads use it. The embedding, the norms and the output layer are replicated: the embedding reads one
+row per token, and a replicated output layer gives every rank the full logits, so every rank samples
+the same token (same seed everywhere) with no collective beyond the two per layer; sharding the output
+layer would save its 1/N share of the weights (2% of Llama-2-7B) at the cost of a third collective.
+
+Each rank builds its shard on the meta device from the checkpoint's config.json with the rank's head
+counts and FFN width (a plain Transformer of the shard's shapes: model.py is unchanged), then reads only
+its slices from the safetensors files. The rest (prompts, sampling, compile, speculation, output) is
+generate.py's main(), run on every rank; ranks other than 0 print nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch import Tensor
+
+import generate
+from generate import UsageError
+from model import CheckpointError, ModelArgs, Transformer, hf_to_ours, read_config, safetensors_files
+from tokenizer import Tokenizer
+
+COLUMN_PARALLEL = (".attention.wqkv.", ".feed_forward.w13.")  # output features split: q/k/v heads, gate/up
+ROW_PARALLEL = (".attention.wo.", ".feed_forward.w2.")  # input features split: partial sums, then all-reduce
+
+
+def _is(name: str, kinds: tuple[str, ...]) -> bool:
+    return any(k in name for k in kinds)
+
+
+def shard_args(args: ModelArgs, world_size: int) -> ModelArgs:
+    """The shapes of one rank's shard; raise CheckpointError if the model cannot be split world_size ways."""
+    H, KV, ffn = args.n_heads, args.n_kv_heads, args.intermediate_size
+    problems = []
+    if H % world_size:
+        problems.append(f"{H} attention heads")
+    if KV % world_size and world_size % KV:  # KV < N is fine when each head is replicated on N / KV ranks
+        problems.append(f"{KV} key/value heads (need a multiple or a divisor of the world size)")
+    if ffn % world_size:
+        problems.append(f"FFN size {ffn}")
+    if problems:
+        raise CheckpointError(f"cannot split {' and '.join(problems)} across {world_size} ranks: "
+                              f"choose a --nproc_per_node that divides them")
+    return dataclasses.replace(args, n_heads=H // world_size, n_kv_heads=max(KV // world_size, 1),
+                               intermediate_size=ffn // world_size)
+
+
+def shard_range(name: str, part: int, shape, rank_shape, args: ModelArgs, rank: int, world_size: int):
+    """(axis, start, stop) of this rank's slice of a stored tensor, or None if every rank holds it all.
+
+    name: our tensor name; part: its index in a fused tensor (0 q, 1 k, 2 v; 0 gate, 1 up); shape: the
+    stored (part) tensor's shape; rank_shape: the shape the rank's model has for the whole tensor.
+    Column-parallel tensors are split on axis 0 (output features, for weights, biases and quantization
+    scales alike); row-parallel ones on the one axis where the shard is smaller, so quantized layouts
+    (packed int4, per-group scales) split along their own input axis, on group boundaries.
+    """
+    if _is(name, COLUMN_PARALLEL):
+        if ".wqkv." in name and part > 0 and args.n_kv_heads < world_size:
+            kv = rank * args.n_kv_heads // world_size  # the key/value head this rank's query heads use
+            lo, hi, den = kv, kv + 1, args.n_kv_heads
+        else:
+            lo, hi, den = rank, rank + 1, world_size
+        return 0, shape[0] * lo // den, shape[0] * hi // den
+    if _is(name, ROW_PARALLEL):
+        axes = [a for a in range(len(shape)) if shape[a] != rank_shape[a]]
+        if not axes:
+            return None  # per-output-channel scales, bias
+        if len(axes) > 1 or shape[axes[0]] != rank_shape[axes[0]] * world_size:
+            raise CheckpointError(f"tensor {name} of shape {tuple(shape)} cannot be split {world_size} ways "
+                                  f"into shards of shape {tuple(rank_shape)} (quantization groups must not "
+                                  f"straddle ranks): choose another --nproc_per_node or group size")
+        a, size = axes[0], rank_shape[axes[0]]
+        return a, rank * size, (rank + 1) * size
+    return None  # embedding, norms, output layer: replicated
+
+
+def _take(t, rng):
+    """t[rng] for a tensor or a safetensors slice; rng from shard_range."""
+    if rng is None:
+        return t[:] if not isinstance(t, Tensor) else t
+    axis, start, stop = rng
+    return t[(slice(None),) * axis + (slice(start, stop),)]
+
+
+def _all_reduce_hook(module, inputs, output: Tensor) -> Tensor:
+    # Functional collective: traced by torch.compile as a graph node (no graph break, CUDA-graph safe).
+    return funcol.all_reduce(output, "sum", dist.group.WORLD)
+
+
+class SymmMemAllReduce:
+    """Forward hook for batch-1 decode: PyTorch's one-shot all-reduce through symmetric memory (CUDA,
+    one host), meant to have less latency than NCCL for one (1, 1, dim) activation; other shapes
+    (prefill, batches) use NCCL. Opt-in (--all_reduce symm_mem); not yet run on a GPU."""
+
+    def __init__(self, dim: int, dtype, device):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        self.group = dist.group.WORLD.group_name
+        self.buf = symm_mem.empty(dim, dtype=dtype, device=device)  # every rank's buffer is mapped in every rank
+        symm_mem.rendezvous(self.buf, self.group)
+
+    def __call__(self, module, inputs, output: Tensor) -> Tensor:
+        if output.numel() != self.buf.numel() or output.dtype != self.buf.dtype:
+            return _all_reduce_hook(module, inputs, output)
+        self.buf.copy_(output.view(-1))
+        return torch.ops.symm_mem.one_shot_all_reduce(self.buf, "sum", self.group).view_as(output)
+
+
+def _finish(model: Transformer, rank: int, all_reduce: str, dtype, device) -> Transformer:
+    """Add the all-reduce after attention and FFN (whose last layers are row-parallel) and keep those
+    layers' biases on rank 0 only (added once). The hooks sit on the parent modules so that they stay
+    when quantize.py later swaps wo and w2 for quantized layers."""
+    if all_reduce not in ("nccl", "symm_mem"):
+        raise UsageError(f"unknown all-reduce {all_reduce!r}: choose nccl or symm_mem")
+    hook = SymmMemAllReduce(model.args.dim, dtype, device) if all_reduce == "symm_mem" else _all_reduce_hook
+    for layer in model.layers:
+        for parent, linear in ((layer.attention, layer.attention.wo), (layer.feed_forward, layer.feed_forward.w2)):
+            if rank != 0 and getattr(linear, "bias", None) is not None:
+                linear.bias = None
+            parent.register_forward_hook(hook)
+    return model
+
+
+def _dropped(name: str, rank: int) -> bool:
+    return rank != 0 and _is(name, ROW_PARALLEL) and name.endswith(".bias")
+
+
+def shard_model(model: Transformer, rank: int, world_size: int, all_reduce: str = "nccl") -> Transformer:
+    """This rank's shard of an in-memory, unquantized model (any device, meta included), with the
+    all-reduce hooks: a new Transformer of the shard's shapes holding copies of its slices.
+
+    For benchmarks without a checkpoint: build a random model (on the meta device, then to_empty and
+    initialise the shard; or on the GPU), call this in every rank after init_process_group, then
+    setup_caches. To quantize, quantize the returned shard. From a checkpoint use from_pretrained_sharded.
+    """
+    args = model.args
+    with torch.device("meta"):
+        shard = Transformer(shard_args(args, world_size))
+    full = model.state_dict()
+    state = {}
+    for name, target in shard.state_dict().items():
+        if _dropped(name, rank) or (args.tie_embeddings and name == "output.weight"):
+            continue
+        t = full[name]
+        if _is(name, COLUMN_PARALLEL):  # split the fused tensor into its parts
+            heads = [args.n_heads, args.n_kv_heads, args.n_kv_heads] if ".wqkv." in name else [1, 1]
+            parts = t.split([t.shape[0] // sum(heads) * h for h in heads])
+            state[name] = torch.cat([_take(p, shard_range(name, i, p.shape, None, args, rank, world_size))
+                                     for i, p in enumerate(parts)]).clone()
+        else:
+            state[name] = _take(t, shard_range(name, 0, t.shape, target.shape, args, rank, world_size)).clone()
+    return _load_into(shard, state, rank, all_reduce)
+
+
+def _load_into(shard: Transformer, state: dict[str, Tensor], rank: int, all_reduce: str, path="model") -> Transformer:
+    """Assign the rank's tensors to the meta-device shard, checking names and shapes; add the hooks."""
+    tied = shard.args.tie_embeddings
+    expected = {k for k in shard.state_dict() if not (_dropped(k, rank) or (tied and k == "output.weight"))}
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{path}: tensors do not match config.json ({what})")
+    for name, t in shard.state_dict().items():
+        if name in state and state[name].shape != t.shape:
+            raise CheckpointError(f"{path}: rank {rank}'s slice of {name} has shape {tuple(state[name].shape)}, "
+                                  f"expected {tuple(t.shape)}")
+    emb = state["tok_embeddings.weight"]
+    _finish(shard, rank, all_reduce, emb.dtype, emb.device)  # drops biases first: load_state_dict must not expect them
+    shard.load_state_dict(state, assign=True, strict=not tied)
+    if tied:
+        shard.output.weight = shard.tok_embeddings.weight
+    return shard.eval()
+
+
+def load_sharded(checkpoint: str | Path, device, dtype, rank: int, world_size: int, all_reduce: str = "nccl"):
+    """(model shard, tokenizer) for this rank: generate.load's counterpart."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} not found: pass --checkpoint DIR")
+    tokenizer = Tokenizer(path)
+    return from_pretrained_sharded(path, rank, world_size, device, dtype, all_reduce), tokenizer
+
+
+def from_pretrained_sharded(path: str | Path, rank: int, world_size: int, device="cpu",
+                            dtype=torch.bfloat16, all_reduce: str = "nccl") -> Transformer:
+    """This rank's shard of a checkpoint, reading only its slices of the safetensors files."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    config = read_config(path)
+    args = ModelArgs.from_hf_config(config)
+    with torch.device("meta"):
+        shard = Transformer(shard_args(args, world_size))
+    if "quantization" in config:  # written by quantize.py: quantized layers of the shard's shapes
+        from quantize import apply_quantization
+
+        apply_quantization(shard, config["quantization"])
+        for name, module in shard.named_modules():  # int4 groups run along input features
+            group = getattr(module, "groupsize", None)
+            if _is(name + ".", ROW_PARALLEL) and group and module.in_features % group:
+                raise CheckpointError(f"{path}: {name} has {module.in_features} input features per rank, not a "
+                                      f"multiple of the int4 group size {group}: use fewer ranks or a smaller "
+                                      f"--groupsize in quantize.py")
+    rank_shapes = {k: v.shape for k, v in shard.state_dict().items()}
+    parts: dict[str, dict[int, Tensor]] = {}
+    read = total = 0
+    for file in safetensors_files(path):
+        try:
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for hf_name in f.keys():
+                    name, index = hf_to_ours(hf_name)
+                    if hf_name.endswith("rotary_emb.inv_freq") or _dropped(name, rank):
+                        continue
+                    sl = f.get_slice(hf_name)
+                    # (a name the shard lacks is read whole and reported by _load_into)
+                    rng = shard_range(name, index, sl.get_shape(), rank_shapes[name], args, rank, world_size) \
+                        if name in rank_shapes else None
+                    t = _take(sl, rng)  # reads only these bytes from the memory-mapped file
+                    t = t.to(device, dtype if t.is_floating_point() else t.dtype)
+                    parts.setdefault(name, {})[index] = t
+                    read += t.numel() * t.element_size()
+                    total += math.prod(sl.get_shape()) * t.element_size()
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise CheckpointError(f"{file} is truncated or corrupt ({e}): re-download it") from None
+    state = {}
+    for name, pieces in parts.items():
+        n_parts = 3 if ".wqkv." in name else 2 if ".w13." in name else 1
+        if sorted(pieces) != list(range(n_parts)):
+            raise CheckpointError(f"{path}: tensor {name} is missing some of its q/k/v or gate/up parts")
+        state[name] = pieces[0] if n_parts == 1 else torch.cat([pieces[i] for i in range(n_parts)])
+    if args.tie_embeddings:
+        state.pop("output.weight", None)
+    model = _load_into(shard, state, rank, all_reduce, path)
+    if rank == 0:
+        print(f"Rank 0 of {world_size}: {read / 1e6:.1f} MB of weights ({read / total:.0%} of the checkpoint's "
+              f"{total / 1e6:.1f} MB)", file=sys.stderr)
+    return model
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def rank_from_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as torchrun sets them; UsageError when run without torchrun."""
+    try:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    except (KeyError, ValueError):
+        raise UsageError("RANK and WORLD_SIZE are not set: launch with torchrun --standalone "
+                         "--nproc_per_node=N tp.py --checkpoint DIR ...") from None
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` and `flag=VALUE`."""
+    out, skip = [], False
+    for a in argv:
+        if not skip and a != flag and not a.startswith(flag + "="):
+            out.append(a)
+        skip = a == flag and not skip
+    return out
+
+
+def main(argv=None) -> None:
+    """Check the split, join the process group, then run generate.py's main() with this rank's shard."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = generate.build_parser()
+    parser.prog, parser.description = "tp.py", __doc__.splitlines()[0]
+    parser.add_argument("--all_reduce", choices=["nccl", "symm_mem"], default="nccl",
+                        help="nccl (gloo with --device cpu), or symm_mem: PyTorch's one-shot symmetric-memory "
+                             "all-reduce for batch-1 decode (CUDA)")
+    args = parser.parse_args(argv)
+    argv = _without(argv, "--all_reduce")  # generate.py's parser does not know it
+    rank, world_size, local_rank = rank_from_env()
+    generate.check_args(args)
+    if args.chat:
+        raise UsageError("--chat is not supported with tensor parallelism: use generate.py --chat")
+    if args.all_reduce == "symm_mem" and args.device != "cuda":
+        raise UsageError("--all_reduce symm_mem needs --device cuda")
+    shard_args(ModelArgs.from_hf_config(read_config(args.checkpoint)), world_size)  # fail before loading
+    if args.device == "cuda":
+        if torch.cuda.device_count() <= local_rank:
+            raise UsageError(f"rank {rank} needs GPU {local_rank} but {torch.cuda.device_count()} are visible: "
+                             "lower --nproc_per_node")
+        torch.cuda.set_device(local_rank)  # "cuda" now means this rank's GPU
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group("gloo")
+    try:
+        if args.seed is None:  # every rank must sample the same token: share rank 0's random seed
+            seed = [random.randrange(2**31)]
+            dist.broadcast_object_list(seed, src=0)
+            argv += ["--seed", str(seed[0])]
+        # Ranks other than 0 run silently; an exception still reaches the caller.
+        with contextlib.ExitStack() as quiet:
+            if rank != 0:
+                devnull = quiet.enter_context(open(os.devnull, "w"))
+                quiet.enter_context(contextlib.redirect_stdout(devnull))
+                quiet.enter_context(contextlib.redirect_stderr(devnull))
+            generate.main(argv, load_fn=partial(load_sharded, rank=rank, world_size=world_size,
+                                                all_reduce=args.all_reduce))
+    finally:
+        # With gloo (torch 2.13), destroy_process_group after functional collectives aborted a process
+        # ("terminate called without an active exception") in about 1 run in 10; exit releases it too.
+        if args.device == "cuda":
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (UsageError, CheckpointError) as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,191 @@
+"""Matmuls with quantized weights: PyTorch reference paths (any device) and Triton GEMVs for batch-1 decode.
+
+Decode at batch 1 multiplies one activation row by every weight matrix, so its speed is bytes of
+weights read per second. The Triton kernels below read the quantized bytes once, dequantize in
+registers and never write a dequantized matrix; everything else (prefill, CPU, no Triton) takes the
+PyTorch path, which is also the reference the tests compare the kernels with.
+
+Layouts (the same in memory as in the checkpoint, so no repacking at load time):
+  int8: weight (N, K) int8, scales (N,): w[n, k] = weight[n, k] * scales[n]
+  int4: weight (N, K // 2) uint8, two 4-bit q per byte (see pack_int4); scales, zeros (N, K // G):
+        w[n, k] = (q[n, k] - 8) * scales[n, k // G] + zeros[n, k // G]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the PyTorch paths below do all the work
+    triton = None
+
+
+# ------------------------------------------------------------------------------ int4 packing
+def pack_int4(q: Tensor, groupsize: int) -> Tensor:
+    """(N, K) integers in [0, 15] -> (N, K // 2) uint8. Within each group of G columns, byte j holds
+    column j in its low nibble and column j + G/2 in its high nibble: both halves of a byte share the
+    group's scale, and each half multiplies a contiguous slice of x (no interleaving in the kernel)."""
+    N, K = q.shape
+    q = q.to(torch.uint8).view(N, K // groupsize, 2, groupsize // 2)  # (N, groups, halves, G/2)
+    return (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(N, K // 2)
+
+
+def unpack_int4(packed: Tensor, groupsize: int) -> Tensor:
+    """(N, K // 2) uint8 -> (N, K) uint8 in [0, 15]; the inverse of pack_int4."""
+    N = packed.shape[0]
+    p = packed.view(N, -1, groupsize // 2)  # (N, groups, G/2)
+    return torch.stack([p & 15, p >> 4], dim=2).reshape(N, -1)  # (N, groups, 2, G/2) -> (N, K)
+
+
+def dequantize_int4(packed: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
+    """The float32 (N, K) matrix an int4 layer stands for."""
+    q = unpack_int4(packed, groupsize).float()
+    N, K = q.shape
+    w = (q.view(N, K // groupsize, groupsize) - 8) * scales.float()[..., None] + zeros.float()[..., None]
+    return w.view(N, K)
+
+
+# ---------------------------------------------------------------------------------- dispatch
+# GPTFAST_NO_TRITON=1 forces the PyTorch path (to compare, or to work around a Triton problem).
+USE_TRITON = triton is not None and not os.environ.get("GPTFAST_NO_TRITON")
+
+
+def _use_triton(x: Tensor) -> bool:
+    return USE_TRITON and x.is_cuda and x.numel() == x.shape[-1]  # one activation row: batch-1 decode
+
+
+def int8_linear(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    """x (..., K) @ dequantized weight^T -> (..., N)."""
+    if _use_triton(x):
+        return torch.ops.gptfast.int8_gemv(x, weight, scales)
+    # Scaling after the matmul keeps the dequantized matrix a plain cast, which inductor fuses.
+    return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
+
+
+def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
+    """x (..., K) @ dequantized weight^T -> (..., N); K may be below the padded 2 * weight.shape[1]."""
+    K_pad = 2 * weight.shape[1]
+    if x.shape[-1] != K_pad:  # layers whose width is not a multiple of the group size are zero-padded
+        x = F.pad(x, (0, K_pad - x.shape[-1]))
+    if _use_triton(x):
+        return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize)
+    return F.linear(x, dequantize_int4(weight, scales, zeros, groupsize).to(x.dtype))
+
+
+# --------------------------------------------------------------------------- Triton kernels
+# Launch shapes by kind ("int8", or the int4 group size): picked from the sweep in
+# scripts/gpu_check_quant.py on an H100 (see README). GPTFAST_GEMV_CONFIGS=file.json overrides them
+# (the sweep writes such a file), so a benchmark can use freshly measured shapes.
+# Measured 2026-11-22 on an H100 (torch 2.11, Triton 3.6): int8 (8, 1024, 4) read 2077 GB/s, 69% of
+# the 3004 GB/s copy bandwidth. The int4 shapes were the best for an earlier int4 kernel (950 GB/s)
+# and are not yet re-measured for the one below (never run on a GPU: checked in the interpreter only).
+CONFIGS = {"int8": dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4),
+           32: dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), 64: dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
+           128: dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4), 256: dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4)}
+if os.environ.get("GPTFAST_GEMV_CONFIGS"):
+    import json
+
+    with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
+        CONFIGS.update({k if k == "int8" else int(k): v for k, v in json.load(f).items()})
+
+_warned = False
+
+if triton is not None:
+
+    @triton.jit
+    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # Each program owns BLOCK_N output rows and walks all of K: the reduction stays in registers
+        # and the result is written once (no split-K atomics, no zero-fill or cast kernels).
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # reduced once, after the loop
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K), other=0)
+            acc += w.to(tl.float32) * x[None, :]
+        y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+    @triton.jit
+    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, G: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # Tiles are 3-D (rows, groups, bytes of a group); a step covers BLOCK_K columns, i.e. NG groups.
+        # Like the int8 kernel, products accumulate element-wise and are reduced once after the loop:
+        # no reduction (and no shared-memory round trip) inside it.
+        NG: tl.constexpr = BLOCK_K // G
+        H: tl.constexpr = G // 2
+        KB = K // 2
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        g = tl.arange(0, NG)
+        j = tl.arange(0, H)
+        acc = tl.zeros((BLOCK_N, NG, H), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            groups = k0 // G + g  # (NG,)
+            g_ok = groups < K // G
+            col = groups[:, None] * G + j[None, :]  # (NG, H) column of each low nibble; + H for the high one
+            x_lo = tl.load(x_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            x_hi = tl.load(x_ptr + col + H, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            byte = groups[:, None] * H + j[None, :]  # (NG, H) byte within a row
+            ok = row_ok[:, None, None] & g_ok[None, :, None]
+            b = tl.load(w_ptr + rows[:, None, None] * KB + byte[None, :, :], mask=ok, other=0)  # (BLOCK_N, NG, H) uint8
+            sg = rows[:, None] * (K // G) + groups[None, :]  # (BLOCK_N, NG)
+            sg_ok = row_ok[:, None] & g_ok[None, :]
+            s = tl.load(s_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
+            s3, c3 = s[:, :, None], (z - 8.0 * s)[:, :, None]  # w = q * s + (z - 8 s): one FMA per weight
+            w_lo = (b & 15).to(tl.float32) * s3 + c3
+            w_hi = (b >> 4).to(tl.float32) * s3 + c3
+            acc += w_lo * x_lo[None, :, :] + w_hi * x_hi[None, :, :]
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+    def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
+        N, K = weight.shape
+        y = torch.empty(N, device=x.device, dtype=x.dtype)
+        _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+                                                       num_warps=num_warps)
+        return y
+
+    def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
+                         BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
+        N, K = weight.shape[0], 2 * weight.shape[1]
+        y = torch.empty(N, device=x.device, dtype=x.dtype)
+        _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, zeros, y, N, K, G=groupsize, BLOCK_N=BLOCK_N,
+                                                       BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps)
+        return y
+
+    # Custom ops: torch.compile treats them as opaque calls (no tracing into Triton) and CUDA graphs
+    # capture their launches like any other kernel.
+    @torch.library.custom_op("gptfast::int8_gemv", mutates_args=())
+    def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+        y = int8_gemv_launch(x.reshape(-1).contiguous(), weight, scales, **CONFIGS["int8"])
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @int8_gemv.register_fake
+    def _(x, weight, scales):
+        return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    @torch.library.custom_op("gptfast::int4_gemv", mutates_args=())
+    def int4_gemv(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
+        try:
+            y = int4_gemv_launch(x.reshape(-1).contiguous(), weight, scales, zeros, groupsize, **CONFIGS[groupsize])
+        except Exception as e:  # noqa: BLE001 -- a Triton release that cannot build it: slower but correct
+            global _warned
+            if not _warned:
+                print(f"warning: the Triton int4 GEMV failed ({type(e).__name__}: {str(e)[:200]}); "
+                      "using the PyTorch path", file=sys.stderr)
+                _warned = True
+            return F.linear(x, dequantize_int4(weight, scales, zeros, groupsize).to(x.dtype))
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @int4_gemv.register_fake
+    def _(x, weight, scales, zeros, groupsize):
+        return x.new_empty(*x.shape[:-1], weight.shape[0])

@@ -1,0 +1,208 @@
+"""GPU check of the quantized GEMVs (kernels.py) and of quantize.py's speed; run on the device:
+
+python scripts/gpu_check_quant.py [--sweep] [--budget_s 150] [--json FILE] [--configs_out FILE]
+
+1. Correctness: each Triton GEMV against the PyTorch path (dequantize in float32, then matmul) on the
+   Llama-2-7B layer shapes with bf16 activations; exit status 1 above a relative error of 1e-2.
+2. Speed: the four GEMVs of one block (wqkv, wo, w13, w2) over 4 different copies of the weights
+   (400+ MB, beyond the 50 MB L2), replayed in a CUDA graph: us per block and GB/s of weight bytes,
+   for bf16 (cuBLAS), tinygemm int4 (aten._weight_int4pack_mm, the baseline) and the Triton kernels
+   (with --sweep: every launch shape of a small grid, best first).
+3. quantize_model time for the whole 7B shape (int8, int4 g32), GPTQ time of one block (x 32 = estimate).
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import kernels as K  # noqa: E402
+import quantize as Q  # noqa: E402
+
+SHAPES = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2": (4096, 11008)}  # (N, K)
+COPIES = 4
+
+
+def time_graph(fn, reps: int = 5) -> float:
+    """Seconds per call of fn, from a CUDA graph of `reps` calls (no launch overhead), median of 5 replays."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            fn()  # warm-up (and Triton compilation) outside the graph
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    times = []
+    for _ in range(6):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000 / reps)
+    return statistics.median(times[1:])
+
+
+def nbytes(*ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def tinygemm_fn(packed, scales, zeros, G):
+    """The same int4 weights in tinygemm's layout (columns 2j, 2j+1 in the high, low nibble of byte j;
+    scales and zeros interleaved as (K/G, N, 2)); returns x (1, K) -> (1, N)."""
+    q = K.unpack_int4(packed, G)
+    wp = torch.ops.aten._convert_weight_to_int4pack((q[:, 0::2] << 4 | q[:, 1::2]).contiguous(), 8)
+    sz = torch.stack([scales.t(), zeros.t()], dim=-1).contiguous()
+    return lambda x: torch.ops.aten._weight_int4pack_mm(x, wp, G, sz)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--budget_s", type=float, default=150, help="stop sweeping after this long")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes (GPTFAST_GEMV_CONFIGS)")
+    a = p.parse_args()
+    t_start = time.perf_counter()
+    dev, bf16 = "cuda", torch.bfloat16
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}", flush=True)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    xs = {name: torch.randn(1, k, device=dev, dtype=bf16, generator=gen) for name, (n, k) in SHAPES.items()}
+    # weights[name][copy] = bf16 (N, K); quantized versions built from them
+    weights = {name: [torch.randn(n, k, device=dev, dtype=bf16, generator=gen) * 0.02 for _ in range(COPIES)]
+               for name, (n, k) in SHAPES.items()}
+    ok, rows = True, []
+
+    # ---- correctness (launch shape of kernels.py) ------------------------------------------------
+    for name, (n, k) in SHAPES.items():
+        w, x = weights[name][0], xs[name]
+        q, s = Q.quantize_int8(w)
+        s = s.to(bf16)
+        ref = (x.float() @ q.float().t()) * s.float()
+        err = ((torch.ops.gptfast.int8_gemv(x, q, s).float() - ref).abs().max() / ref.abs().max()).item()
+        ok &= err < 1e-2
+        print(f"check int8 {name} ({n}x{k}): max rel err {err:.2e}", flush=True)
+        for G in (32, 64, 128):
+            pk, s4, z4 = Q.quantize_int4(w, G)
+            ref = x.float() @ K.dequantize_int4(pk, s4, z4, G).t()
+            y = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.CONFIGS[G])  # not the op: it falls back on errors
+            err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+            ok &= err < 1e-2
+            try:
+                tg = ((tinygemm_fn(pk, s4, z4, G)(x).float() - ref).abs().max() / ref.abs().max()).item()
+            except Exception as e:  # the private op's signature changes between releases
+                tg = f"failed ({type(e).__name__}: {str(e)[:80]})"
+            print(f"check int4 g{G} {name}: max rel err {err:.2e} (tinygemm vs same reference: {tg})", flush=True)
+
+    # ---- timing: one block of GEMVs, 4 copies ----------------------------------------------------
+    def bench(label, make):
+        """make(name, copy) -> (callable(x), bytes); times the whole block over all copies."""
+        fns = [[make(name, c) for name in SHAPES] for c in range(COPIES)]
+        total = sum(b for per_copy in fns for _, b in per_copy)
+        names = list(SHAPES)
+
+        def run():
+            for per_copy in fns:
+                for name, (fn, _) in zip(names, per_copy):
+                    fn(xs[name])
+
+        sec = time_graph(run)
+        r = dict(variant=label, us_per_block=1e6 * sec / COPIES, gb_s=total / sec / 1e9, mb_per_block=total / COPIES / 1e6)
+        rows.append(r)
+        print(f"{label:44s} {r['us_per_block']:8.1f} us/block {r['gb_s']:7.0f} GB/s ({r['mb_per_block']:.0f} MB/block)",
+              flush=True)
+        return r
+
+    cache = {}
+
+    def quantized(kind, name, c):
+        key = (kind, name, c)
+        if key not in cache:
+            w = weights[name][c]
+            if kind == 8:
+                q, s = Q.quantize_int8(w)
+                cache[key] = (q, s.to(bf16))
+            else:
+                pk, s4, z4 = Q.quantize_int4(w, kind)
+                cache[key] = (pk, s4, z4)
+        return cache[key]
+
+    bench("bf16 F.linear (cuBLAS)", lambda n, c: ((lambda x, w=weights[n][c]: F.linear(x, w)), nbytes(weights[n][c])))
+    bench("int8 PyTorch path (eager, dequantize+matmul)",
+          lambda n, c: ((lambda x, t=quantized(8, n, c): F.linear(x, t[0].to(bf16)) * t[1]), nbytes(*quantized(8, n, c))))
+    bench("int8 triton default " + str(K.CONFIGS["int8"]),
+          lambda n, c: ((lambda x, t=quantized(8, n, c): torch.ops.gptfast.int8_gemv(x, *t)), nbytes(*quantized(8, n, c))))
+    for G in (32, 64, 128):
+        try:
+            bench(f"int4 g{G} tinygemm",
+                  lambda n, c: (tinygemm_fn(*quantized(G, n, c), G), nbytes(*quantized(G, n, c))))
+        except Exception as e:
+            print(f"int4 g{G} tinygemm failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
+        bench(f"int4 g{G} triton default " + str(K.CONFIGS[G]),
+              lambda n, c: ((lambda x, t=quantized(G, n, c): K.int4_gemv_launch(x.view(-1), *t, G, **K.CONFIGS[G])),
+                            nbytes(*quantized(G, n, c))))
+    if a.sweep:
+        best = {}
+        grid = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw) for bn in (4, 8, 16) for bk in (256, 512, 1024) for nw in (4, 8)]
+        for kind in (8, 32, 64, 128):
+            for cfg in grid:
+                if time.perf_counter() - t_start > a.budget_s:
+                    print("sweep stopped: --budget_s reached", flush=True)
+                    break
+                if kind == 8:
+                    make = lambda n, c, cfg=cfg: ((lambda x, t=quantized(8, n, c): K.int8_gemv_launch(x.view(-1), *t, **cfg)),
+                                                  nbytes(*quantized(8, n, c)))
+                else:
+                    make = lambda n, c, cfg=cfg, G=kind: (
+                        (lambda x, t=quantized(G, n, c): K.int4_gemv_launch(x.view(-1), *t, G, **cfg)), nbytes(*quantized(G, n, c)))
+                r = bench(f"{'int8' if kind == 8 else f'int4 g{kind}'} sweep {cfg}", make)
+                key = "int8" if kind == 8 else str(kind)
+                if key not in best or r["gb_s"] > best[key][1]:
+                    best[key] = (cfg, r["gb_s"])
+        print("best launch shapes:", json.dumps(best), flush=True)
+        if a.configs_out:
+            a.configs_out.write_text(json.dumps({k: v[0] for k, v in best.items()}))
+    cache.clear()
+    del weights
+    torch.cuda.empty_cache()
+
+    # ---- quantize_model speed on the 7B shape, GPTQ of one block -----------------------------------
+    from bench import random_model, shape_config
+
+    for mode in ("int8", "int4"):
+        model = random_model(shape_config("llama-2-7b"), dev, bf16, 256)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        Q.quantize_model(model, mode, 32)
+        torch.cuda.synchronize()
+        print(f"quantize_model({mode}) on the 7B shape: {time.perf_counter() - t0:.1f} s", flush=True)
+        rows.append(dict(variant=f"quantize_model {mode} 7B", seconds=time.perf_counter() - t0))
+        del model
+        torch.cuda.empty_cache()
+    t0 = time.perf_counter()
+    for name, (n, k) in SHAPES.items():
+        X = torch.randn(4096, k, device=dev)
+        Q.gptq_int4(torch.randn(n, k, device=dev) * 0.02, X.t() @ X, 32)
+    torch.cuda.synchronize()
+    one = time.perf_counter() - t0
+    print(f"GPTQ of one 7B block (4 layers, g32): {one:.1f} s, x 32 blocks = {32 * one:.0f} s (without the forward passes)")
+    rows.append(dict(variant="gptq one 7B block g32", seconds=one))
+    if a.json:
+        a.json.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), indent=1))
+    print("\n| variant | us/block | GB/s |\n|---|---|---|")
+    for r in sorted((r for r in rows if "gb_s" in r), key=lambda r: (r["variant"].split()[0:2], -r["gb_s"])):
+        print(f"| {r['variant']} | {r['us_per_block']:.1f} | {r['gb_s']:.0f} |")
+    print("correctness:", "OK" if ok else "FAILED")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -109,6 +109,7 @@ class CUDAGraphStep:
         return out  # overwritten by the next replay: callers clone what they keep
 
     def record(self, model, x, input_pos, sampling):
+        rng = torch.cuda.get_rng_state()  # recording must not shift the random stream a seeded run sees
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up runs compile and autotune outside the capture;
@@ -118,6 +119,7 @@ class CUDAGraphStep:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = self.fn(model, x, input_pos, **sampling)
+        torch.cuda.set_rng_state(rng)
         return graph, x, input_pos, out
 
 

@@ -283,7 +283,7 @@ def main(argv=None, load_fn=load) -> None:
     if args.draft_checkpoint is not None or args.prompt_lookup:
         from speculative import speculative_generator
 
-        gen = speculative_generator(args, model, tokenizer, device, dtype)
+        gen = speculative_generator(args, model, tokenizer, device, dtype, load_fn)
 
     def sync():
         if device == "cuda":

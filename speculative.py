@@ -277,8 +277,9 @@ def check_same_vocabulary(tokenizer: Tokenizer, target_vocab: int, draft_tokeniz
                            "use a draft with the target's tokenizer, or --prompt_lookup N")
 
 
-def speculative_generator(args, model: Transformer, tokenizer: Tokenizer, device, dtype):
-    """generate.py's hook: load and check the draft (if any) and return a drop-in for generate.generate."""
+def speculative_generator(args, model: Transformer, tokenizer: Tokenizer, device, dtype, load_fn=None):
+    """generate.py's hook: load and check the draft (if any) and return a drop-in for generate.generate.
+    load_fn(path, device, dtype) loads the draft like the target (tp.py passes its sharded loader)."""
     if args.speculate_k < 1:
         raise g.UsageError(f"--speculate_k must be >= 1, got {args.speculate_k}")
     if args.prompt_lookup < 0:
@@ -294,7 +295,7 @@ def speculative_generator(args, model: Transformer, tokenizer: Tokenizer, device
         draft_vocab = read_config(path).get("vocab_size")
         check_same_vocabulary(tokenizer, model.args.vocab_size, Tokenizer(path), draft_vocab, path)
         t0 = time.perf_counter()
-        draft, _ = g.load(path, device, dtype)
+        draft, _ = (load_fn or g.load)(path, device, dtype)
         print(f"Loaded draft {path} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     spec = Speculator(draft, args.speculate_k, args.prompt_lookup, compile=args.compile, verbose=True)
     # main() sized the target's cache for prompt + max_new_tokens; verification reads k positions further.

@@ -163,6 +163,44 @@ def warm_start(argv: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def speculative_row(model, a, device, sampling, decode_row) -> dict:
+    """Speculative decoding at batch 1 after a 5-token prompt: the cost of one verification pass of k+1
+    tokens against one decode step (decode_row), acceptance and end-to-end tokens/s."""
+    import copy
+
+    from speculative import Speculator
+
+    draft = None
+    if a.draft not in ("lookup",):
+        draft = model if a.draft == "self" else copy.deepcopy(model)
+        if a.draft not in ("self",):
+            from quantize import quantize_model
+
+            bits, _, group = a.draft.partition("-g")
+            quantize_model(draft, bits, int(group or 32))
+    spec = Speculator(draft, a.speculate_k, 3 if draft is None else 0, compile=not a.no_compile)
+    spec.fit_caches(model, 1, 5 + a.new_tokens + a.speculate_k)
+    times = []
+    for _ in range(12):  # the first calls compile and record
+        t = timer(device)
+        spec.verify_once(model, 1, pos=5, **sampling)
+        times.append(t())
+    verify_ms = 1000 * statistics.median(times[4:])
+    prompt = torch.randint(0, model.args.vocab_size, (1, 5), generator=torch.Generator().manual_seed(1)).tolist()
+    spec.generate(model, prompt, 20, **sampling)  # warm-up
+    spec.stats = type(spec.stats)(a.speculate_k)
+    sync(device)
+    t0 = time.perf_counter()
+    out = spec.generate(model, prompt, a.new_tokens, **sampling)[0]
+    sync(device)
+    st = spec.stats
+    return dict(mode=f"spec {a.draft} k={a.speculate_k}", sampling=a.sampling.split(",")[0], batch=1, prompt=5,
+                new_tokens=len(out), tok_s=len(out) / (time.perf_counter() - t0), agg_tok_s=float("nan"),
+                verify_ms=verify_ms, verify_over_step=verify_ms / decode_row["step_ms"],
+                acceptance=st.accepted / max(st.rounds * a.speculate_k, 1), gb_s=float("nan"), of_ceiling=float("nan"),
+                ttft_ms=float("nan"), compile_s=float("nan"), peak_gb=float("nan"), draft_s=st.draft_s, verify_s=st.verify_s)
+
+
 def profile(model, decode_fn, batch, sampling, steps=20):
     """Kernel time per decode step, summed by kernel name (where the time goes)."""
     from torch.profiler import ProfilerActivity
@@ -201,6 +239,9 @@ def main(argv=None):
     p.add_argument("--no_compile", action="store_true", help="eager (for quick CPU checks)")
     p.add_argument("--compile_prefill", action="store_true", help="also compile prefill (dynamic shapes)")
     p.add_argument("--warm_start", action="store_true", help="also time a fresh process with the compile cache warm")
+    p.add_argument("--draft", default=None, help="also time speculative decoding, batch 1: a draft that is the target "
+                   "quantized (int8, int4, ...), the target itself (self), or prompt lookup (lookup)")
+    p.add_argument("--speculate_k", type=int, default=5)
     p.add_argument("--profile", action="store_true", help="print the top kernels of 20 decode steps (first case)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--_probe", action="store_true", help=argparse.SUPPRESS)
@@ -275,6 +316,9 @@ def main(argv=None):
                 save(a.json if rank == 0 else None, dict(partial=True, rows=rows))
                 if a.profile and (batch, pl, n) == cases[0] and sname == a.sampling.split(",")[0]:
                     profile(model, decode_fn, batch, samplings[sname])
+        if a.draft:
+            rows.append(speculative_row(model, a, device, samplings[a.sampling.split(",")[0]], rows[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         del model, prefill_fn, decode_fn
         torch._dynamo.reset()  # the next mode compiles cold, as a user's first run would
         if device == "cuda":
@@ -301,6 +345,10 @@ def table(result) -> str:
              "| mode | sampling | batch | prompt | tok/s | agg tok/s | GB/s | of ceiling | TTFT ms | compile s | peak GB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        if "verify_ms" in r:
+            lines.append(f"| {r['mode']} | {r['sampling']} | 1 | 5 | {r['tok_s']:.1f} | verify {r['verify_ms']:.2f} ms = "
+                         f"{r['verify_over_step']:.2f}x a decode step | acceptance {100 * r['acceptance']:.0f}% | | | | |")
+            continue
         lines.append(f"| {r['mode']} | {r['sampling']} | {r['batch']} | {r['prompt']} | {r['tok_s']:.1f} | "
                      f"{r['agg_tok_s']:.1f} | {r['gb_s']:.0f} | {100 * r['of_ceiling']:.1f}% | {r['ttft_ms']:.1f} | "
                      f"{r['compile_s']:.1f} | {r['peak_gb']:.1f} |")

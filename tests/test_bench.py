@@ -23,3 +23,12 @@ def test_bench_without_gpu_or_with_bad_shape():
         assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("scripts/bench.py", "--shape", "gpt-5", "--device", "cpu")
     assert r.returncode == 2 and "unknown --shape" in r.stderr
+
+
+def test_bench_speculative_row(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli("scripts/bench.py", "--shape", "tiny", "--device", "cpu", "--no_compile", "--new_tokens", "20",
+                "--runs", "1", "--sampling", "greedy", "--draft", "self", "--json", out)
+    assert r.returncode == 0, r.stderr
+    spec = json.loads(out.read_text())["rows"][-1]
+    assert spec["mode"] == "spec self k=5" and spec["acceptance"] == 1.0 and spec["verify_ms"] > 0

@@ -210,12 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt_lookup", type=int, default=0,
                    help="speculate without a draft model: match the last N tokens in the text so far")
 
-    def error(message):  # one line, no usage dump
+    return one_line_errors(p)
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make argparse report a bad flag as one 'error: ...' line with status 2, without the usage dump."""
+    def error(message):
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
-    p.error = error
-    return p
+    parser.error = error
+    return parser
 
 
 def check_args(args) -> None:

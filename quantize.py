@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import kernels
-from generate import UsageError
+from generate import UsageError, one_line_errors, run
 from model import CheckpointError, KVCache, Transformer, hf_to_ours, read_config, rope_frequencies, safetensors_files
 
 MODES = ("int8", "int4", "int4-gptq")
@@ -405,12 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--output", type=Path, default=None, help="default: next to the input, named after mode and group size")
 
-    def error(message):  # one line, no usage dump
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    p.error = error
-    return p
+    return one_line_errors(p)
 
 
 def check_args(args) -> None:
@@ -465,10 +460,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (UsageError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run(main)

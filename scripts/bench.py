@@ -356,8 +356,4 @@ def table(result) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except g.UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    g.run(main)

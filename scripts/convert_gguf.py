@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from generate import UsageError  # noqa: E402
+from generate import UsageError, run  # noqa: E402
 from model import CheckpointError  # noqa: E402
 
 # GGUF tensor name -> Hugging Face name ("{}" is the layer index)
@@ -309,8 +309,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (UsageError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

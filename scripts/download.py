@@ -15,7 +15,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from generate import UsageError  # noqa: E402
+from generate import UsageError, run  # noqa: E402
 from model import CheckpointError  # noqa: E402
 
 WANTED = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
@@ -96,8 +96,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (UsageError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

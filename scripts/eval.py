@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from generate import DEMO_CHECKPOINT, UsageError, load  # noqa: E402
-from model import CheckpointError, Transformer  # noqa: E402
+from generate import DEMO_CHECKPOINT, UsageError, load, run  # noqa: E402
+from model import Transformer  # noqa: E402
 
 
 def default_text() -> str:
@@ -107,8 +107,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (UsageError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

@@ -32,3 +32,14 @@ def test_bench_speculative_row(tmp_path):
     assert r.returncode == 0, r.stderr
     spec = json.loads(out.read_text())["rows"][-1]
     assert spec["mode"] == "spec self k=5" and spec["acceptance"] == 1.0 and spec["verify_ms"] > 0
+
+
+def test_bench_tensor_parallel_cpu(tmp_path):
+    """Under torchrun each rank times its shard (gloo on CPU); rank 0 alone reports."""
+    out = tmp_path / "bench.json"
+    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "scripts/bench.py",
+                "--shape", "tiny", "--device", "cpu", "--no_compile", "--new_tokens", "8", "--runs", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert "tensor parallel over 2" in result["source"] and len(result["rows"]) == 1
+    assert r.stdout.count("| bf16 |") == 1

@@ -144,11 +144,7 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int, 
     input_pos = torch.tensor([T], device=device)
     for step in range(max_new_tokens):
         tokens = next_tok.tolist()
-        for row, tok in enumerate(tokens):
-            if not done[row]:
-                done[row] = tok in eos_ids
-                if not done[row]:
-                    out[row].append(tok)
+        keep_tokens(tokens, out, done, eos_ids)
         if callback is not None:
             callback(step, tokens)
         if all(done) or step == max_new_tokens - 1:
@@ -158,6 +154,15 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int, 
         input_pos += 1
     model.row_start.zero_()
     return out
+
+
+def keep_tokens(tokens: list[int], out: list[list[int]], done: list[bool], eos_ids) -> None:
+    """Append one step's token of each row to out, except after (and including) the row's first EOS."""
+    for row, tok in enumerate(tokens):
+        if not done[row]:
+            done[row] = tok in eos_ids
+            if not done[row]:
+                out[row].append(tok)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -223,13 +228,18 @@ def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def check_args(args) -> None:
+def check_checkpoint_and_device(args) -> None:
+    """Default --checkpoint to the demo model (or say how to get it); refuse --device cuda without a GPU."""
     if args.checkpoint is None:
         if not DEMO_CHECKPOINT.is_dir():
             raise UsageError("no --checkpoint given and no demo model: run ./scripts/demo.sh, or pass --checkpoint DIR")
         args.checkpoint = DEMO_CHECKPOINT
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA GPU is available: use --device cpu")
+
+
+def check_args(args) -> None:
+    check_checkpoint_and_device(args)
     if args.max_new_tokens < 1:
         raise UsageError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
     if args.temperature < 0:

@@ -260,22 +260,27 @@ class Transformer(nn.Module):
             from quantize import apply_quantization
 
             apply_quantization(model, config["quantization"])
-        state = load_hf_state_dict(path, args, device, dtype)
-        if args.tie_embeddings:
-            state.pop("output.weight", None)
-        expected = {k for k in model.state_dict() if not (args.tie_embeddings and k == "output.weight")}
-        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-        if missing or unexpected:
-            what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-            raise CheckpointError(f"{path}: tensors do not match config.json ({what}{' ...' if len(missing or unexpected) > 3 else ''})")
-        for name, param in model.state_dict().items():
-            if name in state and state[name].shape != param.shape:
-                raise CheckpointError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, "
-                                      f"config.json implies {tuple(param.shape)}")
-        model.load_state_dict(state, assign=True, strict=not args.tie_embeddings)
-        if args.tie_embeddings:
-            model.output.weight = model.tok_embeddings.weight
-        return model.eval()
+        return assign_weights(model, load_hf_state_dict(path, args, device, dtype), path)
+
+
+def assign_weights(model: Transformer, state: dict[str, Tensor], path) -> Transformer:
+    """Check state's names and shapes against model (built on the meta device), then make them its tensors."""
+    tied = model.args.tie_embeddings
+    if tied:
+        state = {k: v for k, v in state.items() if k != "output.weight"}
+    expected = {k for k in model.state_dict() if not (tied and k == "output.weight")}
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{path}: tensors do not match config.json ({what}{' ...' if len(missing or unexpected) > 3 else ''})")
+    for name, param in model.state_dict().items():
+        if name in state and state[name].shape != param.shape:
+            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, "
+                                  f"config.json implies {tuple(param.shape)}")
+    model.load_state_dict(state, assign=True, strict=not tied)
+    if tied:
+        model.output.weight = model.tok_embeddings.weight
+    return model.eval()
 
 
 def read_config(path: Path) -> dict:
@@ -347,6 +352,11 @@ def load_hf_state_dict(path: Path, args: ModelArgs, device, dtype) -> dict[str, 
                     parts.setdefault(name, {})[index] = t.to(device, dtype if t.is_floating_point() else t.dtype)
         except (SafetensorError, OSError, RuntimeError) as e:
             raise CheckpointError(f"{file} is truncated or corrupt ({e}): re-download it") from None
+    return fuse_parts(parts, path)
+
+
+def fuse_parts(parts: dict[str, dict[int, Tensor]], path) -> dict[str, Tensor]:
+    """{name: {part index: tensor}} -> {name: tensor}, concatenating q/k/v and gate/up in order."""
     state = {}
     for name, pieces in parts.items():
         n_parts = 3 if ".wqkv." in name else 2 if ".w13." in name else 1

@@ -196,10 +196,7 @@ class Speculator:
             nonlocal step
             for row, tok in enumerate(tokens):
                 seqs[row].append(tok)
-                if not done[row]:
-                    done[row] = tok in eos_ids
-                    if not done[row]:
-                        out[row].append(tok)
+            g.keep_tokens(tokens, out, done, eos_ids)
             if callback is not None:
                 callback(step, tokens)
             step += 1

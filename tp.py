@@ -33,7 +33,8 @@ from torch import Tensor
 
 import generate
 from generate import UsageError
-from model import CheckpointError, ModelArgs, Transformer, hf_to_ours, read_config, safetensors_files
+from model import (CheckpointError, ModelArgs, Transformer, assign_weights, fuse_parts, hf_to_ours, read_config,
+                   safetensors_files)
 from tokenizer import Tokenizer
 
 COLUMN_PARALLEL = (".attention.wqkv.", ".feed_forward.w13.")  # output features split: q/k/v heads, gate/up
@@ -169,23 +170,10 @@ def shard_model(model: Transformer, rank: int, world_size: int, all_reduce: str 
 
 
 def _load_into(shard: Transformer, state: dict[str, Tensor], rank: int, all_reduce: str, path="model") -> Transformer:
-    """Assign the rank's tensors to the meta-device shard, checking names and shapes; add the hooks."""
-    tied = shard.args.tie_embeddings
-    expected = {k for k in shard.state_dict() if not (_dropped(k, rank) or (tied and k == "output.weight"))}
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise CheckpointError(f"{path}: tensors do not match config.json ({what})")
-    for name, t in shard.state_dict().items():
-        if name in state and state[name].shape != t.shape:
-            raise CheckpointError(f"{path}: rank {rank}'s slice of {name} has shape {tuple(state[name].shape)}, "
-                                  f"expected {tuple(t.shape)}")
+    """Add the hooks (dropping the biases other ranks add), then check and assign the rank's tensors."""
     emb = state["tok_embeddings.weight"]
-    _finish(shard, rank, all_reduce, emb.dtype, emb.device)  # drops biases first: load_state_dict must not expect them
-    shard.load_state_dict(state, assign=True, strict=not tied)
-    if tied:
-        shard.output.weight = shard.tok_embeddings.weight
-    return shard.eval()
+    _finish(shard, rank, all_reduce, emb.dtype, emb.device)  # drops biases first: the check must not expect them
+    return assign_weights(shard, state, path)
 
 
 def load_sharded(checkpoint: str | Path, device, dtype, rank: int, world_size: int, all_reduce: str = "nccl"):
@@ -238,14 +226,7 @@ def from_pretrained_sharded(path: str | Path, rank: int, world_size: int, device
                     total += math.prod(sl.get_shape()) * t.element_size()
         except (SafetensorError, OSError, RuntimeError) as e:
             raise CheckpointError(f"{file} is truncated or corrupt ({e}): re-download it") from None
-    state = {}
-    for name, pieces in parts.items():
-        n_parts = 3 if ".wqkv." in name else 2 if ".w13." in name else 1
-        if sorted(pieces) != list(range(n_parts)):
-            raise CheckpointError(f"{path}: tensor {name} is missing some of its q/k/v or gate/up parts")
-        state[name] = pieces[0] if n_parts == 1 else torch.cat([pieces[i] for i in range(n_parts)])
-    if args.tie_embeddings:
-        state.pop("output.weight", None)
+    state = fuse_parts(parts, path)
     model = _load_into(shard, state, rank, all_reduce, path)
     if rank == 0:
         print(f"Rank 0 of {world_size}: {read / 1e6:.1f} MB of weights ({read / total:.0%} of the checkpoint's "

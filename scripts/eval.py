@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from generate import DEMO_CHECKPOINT, UsageError, load, run  # noqa: E402
+from generate import UsageError, check_checkpoint_and_device, load, run  # noqa: E402
 from model import Transformer  # noqa: E402
 
 
@@ -81,12 +81,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="default: bfloat16 on cuda, float32 on cpu")
     args = p.parse_args(argv)
-    if args.checkpoint is None:
-        if not DEMO_CHECKPOINT.is_dir():
-            raise UsageError("no --checkpoint given and no demo model: run ./scripts/demo.sh, or pass --checkpoint DIR")
-        args.checkpoint = DEMO_CHECKPOINT
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA GPU is available: use --device cpu")
+    check_checkpoint_and_device(args)
     if args.seq_len < 2 or args.batch_size < 1 or (args.max_tokens is not None and args.max_tokens < 2):
         raise UsageError("--seq_len and --max_tokens must be >= 2, --batch_size >= 1")
     try:

@@ -302,6 +302,11 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
     try:
         main()
+        # The work is done and flushed: skip interpreter teardown, where gloo's threads sometimes abort
+        # the process ("terminate called without an active exception", torch 2.13) and fail the run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except (UsageError, CheckpointError) as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)

@@ -357,3 +357,7 @@ def table(result) -> str:
 
 if __name__ == "__main__":
     g.run(main)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # see tp.py: skip a teardown that can abort gloo ranks
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,66 +62,78 @@ def decode_one_token(model: Transformer, x: Tensor, input_pos: Tensor, **samplin
     return sample(model(x, input_pos)[:, -1], **sampling)
 
 
-def compile_steps(compile_decode: bool, compile_prefill: bool, model: Transformer):
-    """The (prefill, decode) callables, compiled as asked. Held as values, never rebound globals.
-
-    Regional compilation: each transformer block is compiled, and one compile serves every layer
-    (25 s for a 7B model on an H100, against 84 s compiling the whole step; BENCHMARKS.md). On CUDA
-    the decode step is then recorded into one CUDA graph (CUDAGraphStep). Prefill runs through the same
-    compiled blocks, with the prompt length dynamic so a new length does not recompile.
-    """
+def compile_regions(model: Transformer) -> None:
+    """Regional compilation: each transformer block is compiled, and one compile serves every layer
+    (25 s for a 7B model on an H100, against 84 s compiling the whole step; BENCHMARKS.md); so are the
+    final norm and the output layer. Prompts and verification passes (more than one token) share one
+    graph with a dynamic length (Transformer.forward). Compiling an already compiled model does nothing."""
     import torch._inductor.config as inductor_config
 
-    if not (compile_decode or compile_prefill):
-        return prefill, decode_one_token
-    inductor_config.coordinate_descent_tuning = True  # tunes the matrix-vector kernels' block sizes
+    if "TORCHINDUCTOR_COORDINATE_DESCENT_TUNING" not in os.environ:  # the user's setting wins
+        inductor_config.coordinate_descent_tuning = True  # tunes the matrix-vector kernels' block sizes
     inductor_config.triton.unique_kernel_names = True  # readable names in profiles
     for layer in model.layers:
-        layer.compile(fullgraph=True)
+        if layer._compiled_call_impl is None:
+            layer.compile(fullgraph=True)
+    for module in (model.norm, model.output):  # the head too: a quantized output layer's one-row reduction
+        if module._compiled_call_impl is None:  # is fast only compiled (kernels.py); a plain nn.Linear is
+            module.compile()  # left to cuBLAS (dynamo skips torch.nn's own modules, hence no fullgraph)
+
+
+def compile_steps(compile_decode: bool, compile_prefill: bool, model: Transformer):
+    """The (prefill, decode) callables, compiled as asked (compile_regions); on CUDA the decode step is
+    then recorded into one CUDA graph (CUDAGraphStep). Held as values, never rebound globals."""
+    if not (compile_decode or compile_prefill):
+        return prefill, decode_one_token
+    compile_regions(model)
     sample_fn = torch.compile(sample, fullgraph=True)  # the sampling ops fuse into a few kernels
 
     def decode(model, x, input_pos, **sampling):
         return sample_fn(model(x, input_pos)[:, -1], **sampling)
 
-    if compile_decode and model.tok_embeddings.weight.is_cuda:
-        return prefill, CUDAGraphStep(decode)
-    return prefill, decode
+    return prefill, (CUDAGraphStep(decode) if compile_decode else decode)
 
 
 class CUDAGraphStep:
-    """Records a decode step into a CUDA graph, once per model, cache and input shape, then replays it.
+    """fn(model, *tensors, **options), recorded into a CUDA graph once per model, cache, input shapes and
+    options, then replayed (on other devices fn is simply called).
 
     One replay launches all of a step's few hundred kernels at once; at batch 1, launching them one by
-    one from Python would take longer than running them.
+    one from Python would take longer than running them. The result is overwritten by the next replay:
+    callers clone what they keep.
     """
 
     def __init__(self, fn):
         self.fn, self.graphs = fn, {}
 
-    def __call__(self, model, x: Tensor, input_pos: Tensor, **sampling) -> Tensor:
+    def __call__(self, model, *tensors: Tensor | None, **options):
         cache = model.layers[0].attention.kv_cache.k
-        key = (id(model), cache.data_ptr(), tuple(cache.shape), tuple(x.shape), tuple(sorted(sampling.items())))
+        if not cache.is_cuda:
+            return self.fn(model, *tensors, **options)
+        shapes = tuple(None if t is None else tuple(t.shape) for t in tensors)
+        key = (id(model), cache.data_ptr(), tuple(cache.shape), shapes, tuple(sorted(options.items())))
         if key not in self.graphs:
-            self.graphs[key] = self.record(model, x.clone(), input_pos.clone(), sampling)
-        graph, static_x, static_pos, out = self.graphs[key]
-        static_x.copy_(x)
-        static_pos.copy_(input_pos)
+            self.graphs[key] = self.record(model, [None if t is None else t.clone() for t in tensors], options)
+        graph, static, out = self.graphs[key]
+        for s, t in zip(static, tensors):
+            if t is not None:
+                s.copy_(t)
         graph.replay()
-        return out  # overwritten by the next replay: callers clone what they keep
+        return out
 
-    def record(self, model, x, input_pos, sampling):
+    def record(self, model, static, options):
         rng = torch.cuda.get_rng_state()  # recording must not shift the random stream a seeded run sees
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up runs compile and autotune outside the capture;
-            for _ in range(2):  # they write the same cache position the real step writes next
-                self.fn(model, x, input_pos, **sampling)
+            for _ in range(2):  # they write the same cache positions the real step writes next
+                self.fn(model, *static, **options)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self.fn(model, x, input_pos, **sampling)
+            out = self.fn(model, *static, **options)
         torch.cuda.set_rng_state(rng)
-        return graph, x, input_pos, out
+        return graph, static, out
 
 
 @torch.no_grad()

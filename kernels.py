@@ -2,10 +2,12 @@
 
 Decode at batch 1 multiplies one activation row by every weight matrix, so its speed is bytes of
 weights read per second. The Triton kernels below read the quantized bytes once, dequantize in
-registers and never write a dequantized matrix; everything else (prefill, CPU, no Triton) takes the
-PyTorch path, which is also the reference the tests compare the kernels with.
+registers and never write a dequantized matrix; on CUDA, int4 layers normally run PyTorch's own int4
+kernel instead (tinygemm, faster than ours; quantize.pack_for_device repacks them for it at load time).
+Everything else (prefill, CPU, no Triton) takes the PyTorch path, which is also the reference the
+tests compare the kernels with.
 
-Layouts (the same in memory as in the checkpoint, so no repacking at load time):
+Layouts (as in the checkpoint, on every device; tinygemm's is made from them at load time):
   int8: weight (N, K) int8, scales (N,): w[n, k] = weight[n, k] * scales[n]
   int4: weight (N, K // 2) uint8, two 4-bit q per byte (see pack_int4); scales, zeros (N, K // G):
         w[n, k] = (q[n, k] - 8) * scales[n, k // G] + zeros[n, k // G]
@@ -51,6 +53,26 @@ def dequantize_int4(packed: Tensor, scales: Tensor, zeros: Tensor, groupsize: in
     return w.view(N, K)
 
 
+# ------------------------------------------------------------------------ tinygemm (CUDA int4)
+def tinygemm_pack(weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> tuple[Tensor, Tensor]:
+    """An int4 layer in the layout of PyTorch's CUDA int4 kernel (aten._weight_int4pack_mm, "tinygemm"),
+    which computes the same w = (q - 8) * s + z: q re-paired (columns 2j, 2j + 1 in the high and low
+    nibbles of byte j) and tiled by aten._convert_weight_to_int4pack; scales and zeros interleaved as
+    (K / G, N, 2). Needs N % 8 == 0, K % 128 == 0, bf16 scales."""
+    q = unpack_int4(weight, groupsize)
+    packed = torch.ops.aten._convert_weight_to_int4pack((q[:, 0::2] << 4 | q[:, 1::2]).contiguous(), 8)
+    return packed, torch.stack([scales.t(), zeros.t()], dim=-1).contiguous()
+
+
+def tinygemm_linear(x: Tensor, packed: Tensor, scales_zeros: Tensor, groupsize: int) -> Tensor:
+    """x (..., K) bf16 @ the packed layer's weight^T -> (..., N)."""
+    K_pad = scales_zeros.shape[0] * groupsize
+    if x.shape[-1] != K_pad:
+        x = F.pad(x, (0, K_pad - x.shape[-1]))
+    y = torch.ops.aten._weight_int4pack_mm(x.reshape(-1, K_pad), packed, groupsize, scales_zeros)
+    return y.view(*x.shape[:-1], -1)
+
+
 # ---------------------------------------------------------------------------------- dispatch
 # GPTFAST_NO_TRITON=1 forces the PyTorch path (to compare, or to work around a Triton problem).
 USE_TRITON = triton is not None and not os.environ.get("GPTFAST_NO_TRITON")
@@ -64,6 +86,8 @@ def int8_linear(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     """x (..., K) @ dequantized weight^T -> (..., N)."""
     if _use_triton(x):
         return torch.ops.gptfast.int8_gemv(x, weight, scales)
+    if x.numel() == x.shape[-1] and torch.compiler.is_compiling():
+        return int8_row(x, weight, scales)
     # Scaling after the matmul keeps the dequantized matrix a plain cast, which inductor fuses.
     return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
 
@@ -75,19 +99,39 @@ def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groups
         x = F.pad(x, (0, K_pad - x.shape[-1]))
     if _use_triton(x):
         return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize)
+    if x.numel() == x.shape[-1] and torch.compiler.is_compiling():
+        return int4_row(x, weight, scales, zeros, groupsize)
     return F.linear(x, dequantize_int4(weight, scales, zeros, groupsize).to(x.dtype))
+
+
+# One activation row (batch-1 decode) under torch.compile without Triton (CPU): a product and a sum over
+# each weight row, which inductor compiles into a single reduction kernel that reads every quantized byte
+# once (the dequantized matrix exists only in registers): 20-40x faster on CPU than compiling the matmul
+# path, which materialises the dequantized matrix every step (BENCHMARKS.md). Eager, the matmul path is faster.
+def int8_row(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    y = (weight * x.reshape(1, -1).float()).sum(-1) * scales
+    return y.to(x.dtype).view(*x.shape[:-1], -1)
+
+
+def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
+    N, G = weight.shape[0], groupsize
+    p = weight.view(N, -1, G // 2)  # (N, groups, G/2): both nibbles of a byte share their group
+    xg = x.reshape(-1, 2, G // 2).float()  # (groups, 2, G/2): the columns of the low nibbles, then the high
+    s, z = scales.float()[..., None], zeros.float()[..., None]  # (N, groups, 1)
+    w_lo, w_hi = ((p & 15).float() - 8) * s + z, ((p >> 4).float() - 8) * s + z
+    y = (w_lo * xg[:, 0] + w_hi * xg[:, 1]).sum((-2, -1))
+    return y.to(x.dtype).view(*x.shape[:-1], -1)
 
 
 # --------------------------------------------------------------------------- Triton kernels
 # Launch shapes by kind ("int8", or the int4 group size): picked from the sweep in
 # scripts/gpu_check_quant.py on an H100 (see README). GPTFAST_GEMV_CONFIGS=file.json overrides them
 # (the sweep writes such a file), so a benchmark can use freshly measured shapes.
-# Measured 2026-11-22 on an H100 (torch 2.11, Triton 3.6): int8 (8, 1024, 4) read 2077 GB/s, 69% of
-# the 3004 GB/s copy bandwidth. The int4 shapes were the best for an earlier int4 kernel (950 GB/s)
-# and are not yet re-measured for the one below (never run on a GPU: checked in the interpreter only).
+# Measured 2026-11-22 on an H100 (torch 2.11, Triton 3.6; BENCHMARKS.md): int8 (8, 1024, 4) read 2164 GB/s,
+# 72% of the copy bandwidth; int4 (4, 1024, 4) 1041-1201 GB/s, slower than tinygemm, which therefore
+# serves int4 on CUDA where it can (quantize.pack_for_device); this kernel takes the layers it cannot.
 CONFIGS = {"int8": dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4),
-           32: dict(BLOCK_N=8, BLOCK_K=512, num_warps=4), 64: dict(BLOCK_N=8, BLOCK_K=512, num_warps=4),
-           128: dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4), 256: dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4)}
+           **{G: dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
@@ -97,6 +141,18 @@ if os.environ.get("GPTFAST_GEMV_CONFIGS"):
 _warned = False
 
 if triton is not None:
+
+    # Integers to float32 without the integer-to-float instruction, which issues at 1/8 of the FMA rate
+    # on recent GPUs (16 vs 128 per clock per SM): an integer u in [0, 2^23) placed in the mantissa of
+    # 2^23 (bit pattern 0x4B000000) is the float 2^23 + u, so an OR and a subtraction convert it exactly.
+    @triton.jit
+    def _int8_to_float(w):  # int8 -> float32: the byte with its sign bit flipped is w + 128 in [0, 255]
+        u = w.to(tl.uint8, bitcast=True).to(tl.int32)
+        return (u ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0  # 2^23 + 128
+
+    @triton.jit
+    def _nibble_minus_8(q):  # int32 in [0, 15] -> float32 q - 8
+        return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2^23 + 8
 
     @triton.jit
     def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -109,7 +165,7 @@ if triton is not None:
             cols = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
             w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K), other=0)
-            acc += w.to(tl.float32) * x[None, :]
+            acc += _int8_to_float(w) * x[None, :]
         y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
@@ -140,9 +196,9 @@ if triton is not None:
             sg_ok = row_ok[:, None] & g_ok[None, :]
             s = tl.load(s_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
-            s3, c3 = s[:, :, None], (z - 8.0 * s)[:, :, None]  # w = q * s + (z - 8 s): one FMA per weight
-            w_lo = (b & 15).to(tl.float32) * s3 + c3
-            w_hi = (b >> 4).to(tl.float32) * s3 + c3
+            s3, z3 = s[:, :, None], z[:, :, None]
+            w_lo = _nibble_minus_8(b.to(tl.int32) & 15) * s3 + z3
+            w_hi = _nibble_minus_8(b.to(tl.int32) >> 4) * s3 + z3
             acc += w_lo * x_lo[None, :, :] + w_hi * x_hi[None, :, :]
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)

@@ -244,8 +244,8 @@ class Transformer(nn.Module):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, input_pos)
-        if last_only:
-            x = x[:, -1:]
+        if last_only:  # a copy: the compiled head then sees the layout of a decode step, whatever the prompt length
+            x = x[:, -1:].clone(memory_format=torch.contiguous_format)
         return self.output(self.norm(x))
 
     @classmethod
@@ -280,6 +280,10 @@ def assign_weights(model: Transformer, state: dict[str, Tensor], path) -> Transf
     model.load_state_dict(state, assign=True, strict=not tied)
     if tied:
         model.output.weight = model.tok_embeddings.weight
+    if hasattr(model, "quantization"):
+        from quantize import pack_for_device
+
+        pack_for_device(model)  # device-specific layouts (CUDA int4) are made here, at load time
     return model.eval()
 
 

@@ -71,8 +71,31 @@ class Int4Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = kernels.int4_linear(x, self.weight, self.scales, self.zeros, self.groupsize)
+        if hasattr(self, "packed"):  # tinygemm's layout (pack_for_device)
+            y = kernels.tinygemm_linear(x, self.packed, self.scales_zeros, self.groupsize)
+        else:
+            y = kernels.int4_linear(x, self.weight, self.scales, self.zeros, self.groupsize)
         return y if self.bias is None else y + self.bias
+
+    def pack_for_cuda(self) -> bool:
+        """Swap the portable tensors for tinygemm's layout, where the kernel takes this layer; True if so."""
+        N, k_pad = self.weight.shape[0], 2 * self.weight.shape[1]
+        if not (self.weight.is_cuda and self.scales.dtype == torch.bfloat16 and N % 8 == 0 and k_pad % 128 == 0):
+            return False
+        packed, scales_zeros = kernels.tinygemm_pack(self.weight, self.scales, self.zeros, self.groupsize)
+        del self.weight, self.scales, self.zeros
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("scales_zeros", scales_zeros, persistent=False)
+        return True
+
+
+def pack_for_device(model: nn.Module) -> None:
+    """After loading onto a CUDA device: repack int4 layers for PyTorch's int4 kernel (tinygemm), which
+    reads them faster than kernels.py's Triton GEMV (BENCHMARKS.md); layers it cannot take keep the
+    portable layout. The packed model cannot be saved: checkpoints are written before this step."""
+    for m in model.modules():
+        if isinstance(m, Int4Linear):
+            m.pack_for_cuda()
 
 
 def padded(k: int, groupsize: int) -> int:

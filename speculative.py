@@ -142,14 +142,21 @@ class Speculator:
             raise g.UsageError(f"--speculate_k must be >= 1, got {k}")
         self.draft, self.k, self.lookup_n, self.verbose = draft, k, prompt_lookup, verbose
         self.stats = Stats(k)
-        # Fixed shapes, (B, 1) and (B, k+1), and positions passed as tensors: each graph is compiled
-        # and CUDA-graphed once and replayed at every position.
-        mode = dict(mode="reduce-overhead", fullgraph=True)
-        self.draft_fn = torch.compile(draft_step, **mode) if compile else draft_step
-        self.verify_fn = torch.compile(verify, **mode) if compile else verify
+        # compile: both models run compiled blocks (generate.compile_regions; a verification pass shares
+        # the prompts' graph of dynamic length, so k does not recompile), and on CUDA each step of fixed
+        # shape, (B, 1) and (B, k+1) with positions passed as tensors, is recorded once as a CUDA graph
+        # and replayed at every position.
+        self.compile = compile
+        self.draft_fn = g.CUDAGraphStep(draft_step) if compile else draft_step
+        self.verify_fn = g.CUDAGraphStep(verify) if compile else verify
+        if compile and draft is not None:
+            g.compile_regions(draft)
 
     def fit_caches(self, model: Transformer, batch_size: int, seq_len: int) -> None:
-        """Grow the target's cache to batch_size rows and seq_len positions (within its context); match the draft's."""
+        """Grow the target's cache to batch_size rows and seq_len positions (within its context); match the
+        draft's. With compile, also compile the target's blocks (once)."""
+        if self.compile:
+            g.compile_regions(model)
         seq_len = max(model.max_seq_len, min(seq_len, model.args.max_seq_len))
         model.setup_caches(max(batch_size, model.max_batch_size), seq_len)
         if self.draft is not None:

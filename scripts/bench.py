@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+T_START = time.perf_counter()  # for the warm-start probe's breakdown
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import generate as g  # noqa: E402
@@ -160,24 +161,17 @@ def warm_start(argv: list[str]) -> float:
     if r.returncode != 0:
         print(r.stderr[-2000:], file=sys.stderr)
         return float("nan")
+    print("".join(line for line in r.stderr.splitlines(True) if line.startswith("probe:")), end="", file=sys.stderr)
     return time.perf_counter() - t0
 
 
-def speculative_row(model, a, device, sampling, decode_row) -> dict:
+def speculative_row(model, a, device, sampling, decode_row, build) -> dict:
     """Speculative decoding at batch 1 after a 5-token prompt: the cost of one verification pass of k+1
-    tokens against one decode step (decode_row), acceptance and end-to-end tokens/s."""
-    import copy
-
+    tokens against one decode step (decode_row), acceptance and end-to-end tokens/s. build(mode) makes
+    the draft: the same seeded weights as the target, quantized (a self-speculation draft)."""
     from speculative import Speculator
 
-    draft = None
-    if a.draft not in ("lookup",):
-        draft = model if a.draft == "self" else copy.deepcopy(model)
-        if a.draft not in ("self",):
-            from quantize import quantize_model
-
-            bits, _, group = a.draft.partition("-g")
-            quantize_model(draft, bits, int(group or 32))
+    draft = None if a.draft == "lookup" else model if a.draft == "self" else build(a.draft)
     spec = Speculator(draft, a.speculate_k, 3 if draft is None else 0, compile=not a.no_compile)
     spec.fit_caches(model, 1, 5 + a.new_tokens + a.speculate_k)
     times = []
@@ -198,7 +192,8 @@ def speculative_row(model, a, device, sampling, decode_row) -> dict:
                 new_tokens=len(out), tok_s=len(out) / (time.perf_counter() - t0), agg_tok_s=float("nan"),
                 verify_ms=verify_ms, verify_over_step=verify_ms / decode_row["step_ms"],
                 acceptance=st.accepted / max(st.rounds * a.speculate_k, 1), gb_s=float("nan"), of_ceiling=float("nan"),
-                ttft_ms=float("nan"), compile_s=float("nan"), peak_gb=float("nan"), draft_s=st.draft_s, verify_s=st.verify_s)
+                ttft_ms=float("nan"), compile_s=float("nan"), peak_gb=float("nan"), draft_s=st.draft_s, verify_s=st.verify_s,
+                loop_s=st.loop_s, loop_overhead=1 - (st.draft_s + st.verify_s) / st.loop_s)
 
 
 def profile(model, decode_fn, batch, sampling, steps=20):
@@ -280,17 +275,30 @@ def main(argv=None):
         else:
             model = random_model(shape_config(a.shape), device, dtype, need, tp)
         if mode != "bf16":
-            from quantize import quantize_model  # noqa: PLC0415 (quantize.py: issue 5)
+            from quantize import pack_for_device, quantize_model  # noqa: PLC0415 (quantize.py: issue 5)
 
             bits, _, group = mode.partition("-g")
             quantize_model(model, bits, int(group or 32))
+            if not os.environ.get("GPTFAST_NO_TINYGEMM"):  # to time kernels.py's Triton int4 GEMV instead
+                pack_for_device(model)
         return model
 
     source = str(a.checkpoint or a.shape) + (f", tensor parallel over {world} GPUs (GB/s per GPU)" if tp else "")
     if a._probe:  # fresh-process warm start: build, compile (from cache), first token, exit
+        t_built = time.perf_counter()
         model = build(modes[0])
+        sync(device)
+        t_model = time.perf_counter()
         prefill_fn, decode_fn = g.compile_steps(not a.no_compile, a.compile_prefill, model)
-        run_one(model, prefill_fn, decode_fn, device, 1, 5, 3, 0, samplings["default"], model.args.vocab_size)
+        model.setup_caches(1, 16)
+        g.generate(model, [[1, 2, 3, 4, 5]], 2, prefill_fn=prefill_fn, decode_fn=decode_fn, **samplings["default"])
+        sync(device)  # the first token and one compiled decode step are done
+        t_done = time.perf_counter()
+        c = torch._dynamo.utils.counters["inductor"]
+        print(f"probe: imports {t_built - T_START:.1f} s, random model {t_model - t_built:.1f} s, compile (cache warm) "
+              f"and first tokens {t_done - t_model:.1f} s; inductor graph cache {c['fxgraph_cache_hit']} hits, "
+              f"{c['fxgraph_cache_miss']} misses, {c['fxgraph_cache_bypass']} bypasses", file=sys.stderr)
+        print("probe: " + torch._dynamo.utils.compile_times(repr="str").replace("\n", "\nprobe: "), file=sys.stderr)
         return
     ceiling = copy_bandwidth(device) if device == "cuda" else float("nan")
     print(f"{source} on {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
@@ -317,7 +325,7 @@ def main(argv=None):
                 if a.profile and (batch, pl, n) == cases[0] and sname == a.sampling.split(",")[0]:
                     profile(model, decode_fn, batch, samplings[sname])
         if a.draft:
-            rows.append(speculative_row(model, a, device, samplings[a.sampling.split(",")[0]], rows[-1]))
+            rows.append(speculative_row(model, a, device, samplings[a.sampling.split(",")[0]], rows[-1], build))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         del model, prefill_fn, decode_fn
         torch._dynamo.reset()  # the next mode compiles cold, as a user's first run would
@@ -347,7 +355,8 @@ def table(result) -> str:
     for r in result["rows"]:
         if "verify_ms" in r:
             lines.append(f"| {r['mode']} | {r['sampling']} | 1 | 5 | {r['tok_s']:.1f} | verify {r['verify_ms']:.2f} ms = "
-                         f"{r['verify_over_step']:.2f}x a decode step | acceptance {100 * r['acceptance']:.0f}% | | | | |")
+                         f"{r['verify_over_step']:.2f}x a decode step | acceptance {100 * r['acceptance']:.0f}% | "
+                         f"loop overhead {100 * r['loop_overhead']:.1f}% | | | |")
             continue
         lines.append(f"| {r['mode']} | {r['sampling']} | {r['batch']} | {r['prompt']} | {r['tok_s']:.1f} | "
                      f"{r['agg_tok_s']:.1f} | {r['gb_s']:.0f} | {100 * r['of_ceiling']:.1f}% | {r['ttft_ms']:.1f} | "

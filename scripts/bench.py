@@ -196,27 +196,31 @@ def speculative_row(model, a, device, sampling, decode_row, build) -> dict:
                 loop_s=st.loop_s, loop_overhead=1 - (st.draft_s + st.verify_s) / st.loop_s)
 
 
-def profile(model, decode_fn, batch, sampling, steps=20):
-    """Kernel time per decode step, summed by kernel name (where the time goes)."""
+@torch.no_grad()
+def profile(model, decode_fn, prefill_fn, batch, prompt_len, sampling, steps=20):
+    """Kernel time per decode step and per prefill of the case's prompt, summed by kernel name (where the time goes)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     x = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
-    pos = torch.tensor([10], device="cuda")
-    for _ in range(3):
-        decode_fn(model, x, pos, **sampling)
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            decode_fn(model, x, pos, **sampling)
+    pos = torch.tensor([prompt_len], device="cuda")
+    prompt = torch.zeros(batch, prompt_len, dtype=torch.long, device="cuda")
+    for what, step, n in (("decode step", lambda: decode_fn(model, x, pos, **sampling), steps),
+                          (f"prefill of {prompt_len} tokens", lambda: prefill_fn(model, prompt, torch.arange(
+                              prompt_len, device="cuda"), **sampling), 3)):
+        for _ in range(3):
+            step()
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total = sum(e.self_device_time_total for e in events)
-    print(f"profile: {sum(e.count for e in events) / steps:.0f} kernels and {total / steps / 1000:.3f} ms "
-          f"of kernel time per step", file=sys.stderr)
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:25]:
-        print(f"  {e.self_device_time_total / steps:8.1f} us/step {e.count / steps:5.1f}x  {e.key[:110]}",
-              file=sys.stderr)
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                step()
+            torch.cuda.synchronize()
+        events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        total = sum(e.self_device_time_total for e in events)
+        print(f"profile: {sum(e.count for e in events) / n:.0f} kernels and {total / n / 1000:.3f} ms "
+              f"of kernel time per {what}", file=sys.stderr)
+        for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12 if n < steps else 25]:
+            print(f"  {e.self_device_time_total / n:8.1f} us {e.count / n:5.1f}x  {e.key[:110]}", file=sys.stderr)
 
 
 def main(argv=None):
@@ -323,7 +327,7 @@ def main(argv=None):
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 save(a.json if rank == 0 else None, dict(partial=True, rows=rows))
                 if a.profile and (batch, pl, n) == cases[0] and sname == a.sampling.split(",")[0]:
-                    profile(model, decode_fn, batch, samplings[sname])
+                    profile(model, decode_fn, prefill_fn, batch, pl, samplings[sname])
         if a.draft:
             rows.append(speculative_row(model, a, device, samplings[a.sampling.split(",")[0]], rows[-1], build))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

@@ -17,7 +17,8 @@ The checkpoint keeps Hugging Face tensor names (q_proj, ..., lm_head) with the q
   {layer}.zeros                             | bfloat16 (out, in_pad // G)
 in_pad is in_features rounded up to a multiple of G (the padding columns multiply zeros). config.json
 gets a "quantization" entry: {"mode", "bits", "groupsize", "method", "layers": [our module names]}.
-Nothing is device-specific, so the same files load on CPU and GPU with no repacking.
+Nothing is device-specific, so the same files load on CPU and GPU; on CUDA the loader then repacks int4
+layers for PyTorch's int4 kernel (pack_for_device).
 """
 from __future__ import annotations
 
@@ -245,7 +246,8 @@ def quantize_model(model: Transformer, mode: str, groupsize: int = 32, calibrati
     mode: "int8" (per-channel), "int4" (grouped round-to-nearest) or "int4-gptq" (needs calibration,
     token ids (n_samples, seq_len)). The result has exactly the modules and buffers that loading the
     checkpoint quantize.py writes would give (scales in the model's dtype), and runs on CPU (PyTorch)
-    and GPU (Triton GEMV for batch-1 decode). model.quantization holds the config.json entry.
+    and GPU (for int4 call pack_for_device afterwards, as the loader does, unless the model is to be
+    saved). model.quantization holds the config.json entry.
     On an H100 the Llama-2-7B shape (bf16, already on the GPU) took 0.1 s for int8 and 0.3 s for int4.
     """
     if mode not in MODES:

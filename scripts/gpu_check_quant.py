@@ -128,6 +128,18 @@ def main():
     err = max(((o - r).abs().max() / r.abs().max()).item() for o, r in zip(out, ref))
     ok &= packed == 2 * 4 + 1 and err < 2e-2
     print(f"check pack_for_device: {packed} of 9 int4 layers packed, logits max rel err {err:.2e}", flush=True)
+    # An int8 model in bf16 on the GPU (prompt: dequantize + cuBLAS; decode: Triton GEMV) against itself in
+    # float32 on the CPU (the PyTorch path).
+    m = random_model(cfg, dev, bf16, 64)
+    Q.quantize_model(m, "int8")
+    m.setup_caches(1, 64)
+    with torch.no_grad():
+        out = [m(idx, pos).float().cpu(), m(idx[:, :1], pos[:1]).float().cpu()]
+        m = m.float().cpu()
+        ref = [m(idx.cpu(), pos.cpu()), m(idx[:, :1].cpu(), pos[:1].cpu())]
+    err = max(((o - r).abs().max() / r.abs().max()).item() for o, r in zip(out, ref))
+    ok &= err < 5e-2
+    print(f"check int8 model, bf16 GPU vs float32 CPU: logits max rel err {err:.2e}", flush=True)
     del m
 
     # ---- timing: one block of GEMVs, 4 copies ----------------------------------------------------

@@ -9,7 +9,6 @@ graph; prints us per call (one layer) for each backend that accepts the inputs.
 import argparse
 import contextlib
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -17,30 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check_quant import time_graph  # noqa: E402
+
 LAYERS = 32
 BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "math": SDPBackend.MATH}
-
-
-def time_graph(fn, reps=3) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    times = []
-    for _ in range(6):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1000 / reps / LAYERS)
-    return statistics.median(times[1:])
 
 
 def main():
@@ -73,7 +54,7 @@ def main():
             try:
                 with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
                     err = (F.scaled_dot_product_attention(q, *kv[0], attn_mask=mask).float() - ref).abs().max().item()
-                us = time_graph(run)
+                us = 1e6 * time_graph(run) / LAYERS
             except RuntimeError as e:
                 print(f"{label:32s} {name:10s} not available ({str(e).splitlines()[0][:80]})", flush=True)
                 continue

@@ -43,3 +43,14 @@ def test_bench_tensor_parallel_cpu(tmp_path):
     result = json.loads(out.read_text())
     assert "tensor parallel over 2" in result["source"] and len(result["rows"]) == 1
     assert r.stdout.count("| bf16 |") == 1
+
+
+def test_bench_compiled_with_warm_start(tmp_path):
+    """--compile's path on CPU, and the warm-start probe: a second process that compiles from the cache."""
+    out = tmp_path / "bench.json"
+    r = run_cli("scripts/bench.py", "--shape", "tiny", "--device", "cpu", "--new_tokens", "8", "--runs", "1",
+                "--warm_start", "--json", out)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["warm_start_s"] > 0 and result["rows"][0]["tok_s"] > 0  # nan (a failed probe) is not > 0
+    assert "probe: imports" in r.stderr and "inductor graph cache" in r.stderr

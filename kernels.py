@@ -76,10 +76,22 @@ def tinygemm_linear(x: Tensor, packed: Tensor, scales_zeros: Tensor, groupsize: 
 # ---------------------------------------------------------------------------------- dispatch
 # GPTFAST_NO_TRITON=1 forces the PyTorch path (to compare, or to work around a Triton problem).
 USE_TRITON = triton is not None and not os.environ.get("GPTFAST_NO_TRITON")
+# GPTFAST_NO_DECODE_ATTENTION=1 keeps decode attention on the PyTorch path (RoPE, cache writes, SDPA).
+USE_DECODE_ATTENTION = USE_TRITON and not os.environ.get("GPTFAST_NO_DECODE_ATTENTION")
 
 
 def _use_triton(x: Tensor) -> bool:
     return USE_TRITON and x.is_cuda and x.numel() == x.shape[-1]  # one activation row: batch-1 decode
+
+
+def use_decode_attention(qkv: Tensor, head_dim: int) -> bool:
+    """Whether model.Attention can hand a one-token step to the fused Triton kernel (decode_attention_launch)."""
+    return (USE_DECODE_ATTENTION and qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16)
+            and head_dim in (32, 64, 128, 256))
+
+
+# GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
+DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 
 
 def int8_linear(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
@@ -219,6 +231,110 @@ if triton is not None:
                                                        BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps)
         return y
 
+    # ------------------------------------------------------------------ decode attention (one query)
+    # One decode step's attention for one layer in one kernel: RoPE on the new query and key, the new key
+    # and value written into the cache, then attention over the cached positions the mask allows. It
+    # replaces model.Attention's PyTorch path for one token (RoPE, two cache writes, SDPA: 4-5 kernels a
+    # layer; that path is the reference the tests compare this with). Program (b, kv head, slice) takes
+    # the R query heads sharing that key/value head (padded to 16 rows for tl.dot) over one slice of the
+    # positions 0..pos, keeping a running softmax (flash decoding); with more than one slice,
+    # _merge_slices_kernel combines their partial results. The slices divide the positions filled so far,
+    # not the whole cache, so every program has work however long the cache is (the grid is fixed, which
+    # CUDA graphs need; the position is read on the device).
+    @triton.jit
+    def _decode_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, mask_ptr, pos_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr,
+                                 stride_qkv, stride_mask, stride_kb, stride_kh, scale,
+                                 H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, N_SLICES: tl.constexpr,
+                                 BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+        b, kvh, sl = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        R: tl.constexpr = H // KV
+        HALF: tl.constexpr = D // 2
+        dtype = k_ptr.dtype.element_ty
+        r, d, dd = tl.arange(0, BLOCK_R), tl.arange(0, HALF), tl.arange(0, D)
+        pos = tl.load(pos_ptr).to(tl.int32)
+        cos, sin = tl.load(cos_ptr + b * HALF + d), tl.load(sin_ptr + b * HALF + d)  # at this row's position
+        row = qkv_ptr + b * stride_qkv  # this row's q (H heads), k (KV heads), v (KV heads)
+        # RoPE (rotate-half) in float32, rounded to the cache dtype as the PyTorch path rounds it
+        q_at = row + (kvh * R + r)[:, None] * D + d[None, :]
+        q1 = tl.load(q_at, mask=(r < R)[:, None], other=0.0).to(tl.float32)
+        q2 = tl.load(q_at + HALF, mask=(r < R)[:, None], other=0.0).to(tl.float32)
+        qa, qb = (q1 * cos - q2 * sin).to(dtype), (q2 * cos + q1 * sin).to(dtype)
+        k_cache, v_cache = k_ptr + b * stride_kb + kvh * stride_kh, v_ptr + b * stride_kb + kvh * stride_kh
+        slice_len = tl.cdiv(tl.cdiv(pos + 1, N_SLICES), BLOCK_S) * BLOCK_S  # whole tiles
+        start = sl * slice_len
+        if (pos >= start) & (pos < start + slice_len):  # the slice holding the new position writes its key and value
+            k1 = tl.load(row + (H + kvh) * D + d).to(tl.float32)
+            k2 = tl.load(row + (H + kvh) * D + HALF + d).to(tl.float32)
+            tl.store(k_cache + pos * D + d, (k1 * cos - k2 * sin).to(dtype))
+            tl.store(k_cache + pos * D + HALF + d, (k2 * cos + k1 * sin).to(dtype))
+            tl.store(v_cache + pos * D + dd, tl.load(row + (H + KV + kvh) * D + dd))
+            tl.debug_barrier()  # the loop below reads them back through other threads of this program
+        # Running softmax in base 2 (scale includes log2(e)); the max starts finite so that a tile the
+        # mask hides entirely (left padding) gives zeros, not NaN.
+        m = tl.full((BLOCK_R,), -1e30, tl.float32)
+        l = tl.zeros((BLOCK_R,), tl.float32)
+        acc = tl.zeros((BLOCK_R, D), tl.float32)
+        end = tl.minimum(start + slice_len, pos + 1)  # a slice past the end gets no work
+        for s0 in range(start, end, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            ok = (s < end) & (tl.load(mask_ptr + b * stride_mask + s, mask=s < end, other=0) != 0)
+            k1 = tl.load(k_cache + s[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+            k2 = tl.load(k_cache + s[:, None] * D + HALF + d[None, :], mask=ok[:, None], other=0.0)
+            scores = (tl.dot(qa, tl.trans(k1)) + tl.dot(qb, tl.trans(k2))) * scale  # (BLOCK_R, BLOCK_S)
+            scores = tl.where(ok[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, 1))
+            p = tl.exp2(scores - m_new[:, None])
+            alpha = tl.exp2(m - m_new)
+            v = tl.load(v_cache + s[:, None] * D + dd[None, :], mask=ok[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
+            l = l * alpha + tl.sum(p, 1)
+            m = m_new
+        heads = b * H + kvh * R + r  # (BLOCK_R,) row of each query head in (B * H, ...) outputs
+        if N_SLICES == 1:
+            tl.store(out_ptr + heads[:, None] * D + dd[None, :], (acc / l[:, None]).to(dtype), mask=(r < R)[:, None])
+        else:  # partial results, merged by _merge_slices_kernel
+            at = heads * N_SLICES + sl
+            tl.store(out_ptr + at[:, None] * D + dd[None, :], acc, mask=(r < R)[:, None])
+            tl.store(m_ptr + at, m, mask=r < R)
+            tl.store(l_ptr + at, l, mask=r < R)
+
+    @triton.jit
+    def _merge_slices_kernel(part_ptr, m_ptr, l_ptr, out_ptr, N_SLICES: tl.constexpr, BLOCK: tl.constexpr,
+                             D: tl.constexpr):
+        # softmax(all) @ V from per-slice (max m, sum l, unnormalised acc); an empty slice has l = 0, m = -1e30
+        bh, sl, dd = tl.program_id(0), tl.arange(0, BLOCK), tl.arange(0, D)
+        ok = sl < N_SLICES
+        m = tl.load(m_ptr + bh * N_SLICES + sl, mask=ok, other=-1e30)
+        l = tl.load(l_ptr + bh * N_SLICES + sl, mask=ok, other=0.0)
+        acc = tl.load(part_ptr + (bh * N_SLICES + sl)[:, None] * D + dd[None, :], mask=ok[:, None], other=0.0)
+        w = tl.exp2(m - tl.max(m, 0))
+        y = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
+        tl.store(out_ptr + bh * D + dd, y.to(out_ptr.dtype.element_ty))
+
+    def decode_attention_launch(qkv: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor,
+                                k_cache: Tensor, v_cache: Tensor, n_heads: int, n_slices: int | None = None) -> Tensor:
+        """qkv (B, (H + 2 KV) D) of the new token; cos, sin (B, D/2) float32; mask (B, S) bool; input_pos (1,);
+        caches (B_cache >= B, KV, S, D), updated in place at input_pos. Returns the attention output (B, H D)."""
+        B, (_, KV, S, D) = qkv.shape[0], k_cache.shape
+        H, BLOCK_S = n_heads, 64
+        # About 256 programs in all (two per SM of an H100), each slice at least a tile when the cache is
+        # full: the best of the slicings measured by scripts/bench_attention.py (BENCHMARKS.md).
+        n_slices = n_slices or DECODE_SLICES or max(1, min(triton.cdiv(S, BLOCK_S), 256 // (B * KV)))
+        y = torch.empty(B, H * D, device=qkv.device, dtype=qkv.dtype)
+        if n_slices == 1:
+            out = m = l = y
+        else:
+            out = torch.empty(B * H * n_slices, D, device=qkv.device, dtype=torch.float32)
+            m, l = torch.empty(2, B * H * n_slices, device=qkv.device, dtype=torch.float32)
+        _decode_attention_kernel[(B, KV, n_slices)](
+            qkv, cos.contiguous(), sin.contiguous(), mask.view(torch.uint8), input_pos, k_cache, v_cache, out, m, l,
+            qkv.stride(0), mask.stride(0), k_cache.stride(0), k_cache.stride(1), D ** -0.5 * 1.4426950408889634,
+            H=H, KV=KV, D=D, N_SLICES=n_slices, BLOCK_R=max(16, triton.next_power_of_2(H // KV)),
+            BLOCK_S=BLOCK_S, num_warps=4)
+        if n_slices > 1:
+            _merge_slices_kernel[(B * H,)](out, m, l, y, N_SLICES=n_slices, BLOCK=triton.next_power_of_2(n_slices), D=D)
+        return y
+
     # Custom ops: torch.compile treats them as opaque calls (no tracing into Triton) and CUDA graphs
     # capture their launches like any other kernel.
     @torch.library.custom_op("gptfast::int8_gemv", mutates_args=())
@@ -246,3 +362,12 @@ if triton is not None:
     @int4_gemv.register_fake
     def _(x, weight, scales, zeros, groupsize):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    @torch.library.custom_op("gptfast::decode_attention", mutates_args=("k_cache", "v_cache"))
+    def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor,
+                         k_cache: Tensor, v_cache: Tensor, n_heads: int) -> Tensor:
+        return decode_attention_launch(qkv, cos, sin, mask, input_pos, k_cache, v_cache, n_heads)
+
+    @decode_attention.register_fake
+    def _(qkv, cos, sin, mask, input_pos, k_cache, v_cache, n_heads):
+        return qkv.new_empty(qkv.shape[0], n_heads * k_cache.shape[-1])

@@ -1,6 +1,6 @@
 """A Llama-family transformer (Llama 1/2/3, Mistral, Qwen2, SmolLM, TinyLlama) with a static KV cache.
 
-One file, depends only on torch (and safetensors to load weights). Configured from the checkpoint's
+One file, depends only on torch (safetensors to load weights; on CUDA, kernels.py's Triton decode attention). Configured from the checkpoint's
 own config.json, never from its folder name. Weights keep Hugging Face's layout except that q/k/v and
 gate/up are fused into one matrix each (fewer, larger matmuls: the decode step is bound by reading
 weights, and every kernel launch costs time).
@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+import kernels
 
 
 class CheckpointError(ValueError):
@@ -145,7 +147,12 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.wqkv(x).split([H * D, KV * D, KV * D], dim=-1)
+        qkv = self.wqkv(x)
+        if T == 1 and kernels.use_decode_attention(qkv, D):  # on CUDA, all of the below in one Triton kernel
+            y = torch.ops.gptfast.decode_attention(qkv.view(B, -1), cos.view(B, -1), sin.view(B, -1),
+                                                   mask.view(B, -1), input_pos, self.kv_cache.k, self.kv_cache.v, H)
+            return self.wo(y.view(B, 1, H * D))
+        q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
         q = apply_rope(q.view(B, T, H, D), cos, sin)
         k = apply_rope(k.view(B, T, KV, D), cos, sin)
         v = v.view(B, T, KV, D)

@@ -1,4 +1,5 @@
-"""Decode and prefill attention by SDPA backend, on the GPU: which one model.py should let SDPA pick.
+"""Decode and prefill attention by SDPA backend, on the GPU: which one model.py should let SDPA pick;
+and kernels.py's fused decode attention (RoPE + cache write + attention) by number of slices.
 
 python scripts/bench_attention.py [--json FILE]
 
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import kernels as K  # noqa: E402
 from gpu_check_quant import time_graph  # noqa: E402
 
 LAYERS = 32
@@ -60,6 +63,18 @@ def main():
                 continue
             rows.append(dict(case=label, backend=name, us=us, max_err=err))
             print(f"{label:32s} {name:10s} {us:8.1f} us  (max err {err:.1e})", flush=True)
+        if T == 1:  # the fused kernel also applies RoPE and writes the new key and value (same bytes read)
+            H = KV * R
+            qkv = torch.randn(1, (H + 2 * KV) * D, device=dev, dtype=dt)
+            cos, sin = torch.rand(2, 1, D // 2, device=dev)
+            pos = torch.tensor([filled - 1], device=dev)
+            for slices in (None, 1, 2, 4, 8, 16, 32, 64):  # None: the kernel's own choice
+                def fused(slices=slices):
+                    for k, v in kv:
+                        K.decode_attention_launch(qkv, cos, sin, mask[0, 0, :1], pos, k, v, H, slices)
+                us = 1e6 * time_graph(fused) / LAYERS
+                rows.append(dict(case=label, backend=f"fused, {slices or 'auto'} slices", us=us))
+                print(f"{label:32s} fused, {slices or 'auto'} slices {us:8.1f} us", flush=True)
         del kv
     if a.json:
         a.json.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows)))

@@ -5,7 +5,9 @@ python scripts/gpu_check.py [--shape llama-2-7b] [--steps 50]
 On a real-shaped model with random bf16 weights, with generate.py's --compile path (compiled blocks,
 CUDA-graphed decode): greedy tokens equal eager ones, step by step on the same inputs, except at
 genuine bf16 ties; prompts of new lengths cause no recompilation; seeded sampling repeats; prints
-compile time and tokens/s. Exit status 1 on any failure.
+compile time and tokens/s. First, kernels.py's fused decode attention against a float32 PyTorch
+reference (several head layouts, left padding, short and long caches, one and several slices), and the
+model's logits with it and without it against float32. Exit status 1 on any failure.
 """
 import argparse
 import sys
@@ -16,7 +18,42 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import generate as g  # noqa: E402
+import kernels as K  # noqa: E402
+import model as M  # noqa: E402
 from bench import random_model, shape_config  # noqa: E402
+
+
+def check_decode_attention() -> bool:
+    """The Triton kernel (bf16) against RoPE + cache write + SDPA in float32 on the same inputs."""
+    ok = True
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    # (heads, kv heads, head_dim, cache length, position, batch, slices: None = the kernel's choice)
+    for H, KV, D, S, pos, B, slices in [(32, 32, 128, 256, 204, 1, None), (32, 8, 128, 256, 204, 2, None),
+                                        (9, 3, 64, 2048, 1500, 2, None), (32, 32, 128, 8192, 8191, 1, None),
+                                        (32, 8, 128, 8192, 5000, 1, 7), (32, 32, 128, 256, 0, 1, 4)]:
+        dt, R = torch.bfloat16, H // KV
+        qkv = torch.randn(B, (H + 2 * KV) * D, device="cuda", dtype=dt, generator=gen)
+        angle = torch.rand(B, D // 2, device="cuda", generator=gen) * 6.3
+        cos, sin = angle.cos(), angle.sin()
+        k_cache, v_cache = (torch.randn(B, KV, S, D, device="cuda", dtype=dt, generator=gen) for _ in range(2))
+        mask = (torch.arange(S, device="cuda") <= pos).repeat(B, 1)
+        mask[1:, :min(pos, 37)] = False  # left padding in the other rows
+        kc, vc = k_cache.clone(), v_cache.clone()
+        y = K.decode_attention_launch(qkv, cos, sin, mask, torch.tensor([pos], device="cuda"), kc, vc, H, slices)
+        q, k, v = qkv.float().split([H * D, KV * D, KV * D], -1)
+        rope = dict(cos=cos[:, None, None], sin=sin[:, None, None])
+        k_cache[:, :, pos] = M.apply_rope(k.view(B, 1, KV, D), **rope)[:, 0].to(dt)
+        v_cache[:, :, pos] = v.view(B, KV, D).to(dt)
+        q = M.apply_rope(q.view(B, 1, H, D), **rope).to(dt).float().view(B, KV, R, D)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k_cache.float(), v_cache.float(),
+                                                               attn_mask=mask[:, None, None])
+        err = ((y.float().view(B, KV, R, D) - ref).abs().max() / ref.abs().max()).item()
+        k_ulp = ((kc.float() - k_cache.float()).abs() <= k_cache.float().abs() * 2 ** -7).all().item()  # 1 bf16 ulp
+        cache_ok = torch.equal(vc, v_cache) and k_ulp
+        print(f"decode attention H={H} KV={KV} D={D} S={S} pos={pos} B={B} slices={slices or 'auto'}: "
+              f"max rel err {err:.1e}, cache {'ok' if cache_ok else 'WRONG'}")
+        ok &= err < 1e-2 and cache_ok
+    return ok
 
 
 def main():
@@ -24,11 +61,11 @@ def main():
     p.add_argument("--shape", default="llama-2-7b")
     p.add_argument("--steps", type=int, default=50)
     a = p.parse_args()
+    ok = check_decode_attention()
     model = random_model(shape_config(a.shape), "cuda", torch.bfloat16, 256)
     model.setup_caches(1, 256)  # one cache for every prompt below
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, model.args.vocab_size, (n,), generator=gen).tolist() for n in (7, 23, 61)]
-    ok = True
 
     eager = g.generate(model, prompts[:1], a.steps, temperature=0)[0]
     seq = torch.tensor([prompts[0] + eager], device="cuda")
@@ -40,6 +77,17 @@ def main():
         eager_logits = model(seq, torch.arange(seq.shape[1], device="cuda"))[0, len(prompts[0]) - 1:].float()
         del ref
     band = 2 * (eager_logits - ref32).abs().max().item()  # twice eager bf16's own error
+    errors = {}  # eager decode steps, teacher-forced, with and without the fused decode attention kernel
+    n0, fused = len(prompts[0]), K.USE_DECODE_ATTENTION
+    for use in (False, fused):
+        K.USE_DECODE_ATTENTION = use
+        with torch.no_grad():
+            steps = [model(seq[:, :n0], torch.arange(n0, device="cuda"))[0, -1]]
+            steps += [model(seq[:, p:p + 1], torch.tensor([p], device="cuda"))[0, -1] for p in range(n0, seq.shape[1])]
+        errors[use] = (torch.stack(steps).float() - ref32).abs().max().item()
+    print(f"eager decode, max |logit - float32 logit|: fused decode attention {errors[fused]:.3f}, "
+          f"PyTorch path {errors[False]:.3f}{'' if fused else ' (fused kernel not in use)'}")
+    ok &= errors[fused] <= 1.5 * errors[False] + 0.05
     prefill_fn, decode_fn = g.compile_steps(True, True, model)
     torch.cuda.synchronize()
     t0 = time.perf_counter()

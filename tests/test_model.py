@@ -1,5 +1,9 @@
 """Logits parity with Hugging Face transformers, loaded through our loader, and loader errors."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +95,57 @@ def test_loader_errors(tmp_path, stories_dir):
     (bad / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not readable JSON"):
         Transformer.from_pretrained(bad)
+
+
+DECODE_ATTENTION_CHECK = """
+import torch, generate as g, kernels as K, model as M
+
+def run(model, fused, B, prompt_len, row_start, steps=4):
+    K.use_decode_attention = lambda qkv, head_dim: fused  # the model's dispatch, forced either way
+    for layer in model.layers:
+        layer.attention.kv_cache.k.zero_(); layer.attention.kv_cache.v.zero_()
+    model.row_start[:B] = torch.tensor(row_start)
+    idx = torch.randint(0, model.args.vocab_size, (B, prompt_len + steps), generator=torch.Generator().manual_seed(1))
+    out = [model(idx[:, :prompt_len], torch.arange(prompt_len))[:, -1]]  # prefill: always the PyTorch path
+    for p in range(prompt_len, prompt_len + steps):
+        out.append(model(idx[:, p:p + 1], torch.tensor([p]))[:, -1])
+    return torch.stack(out).float(), [(l.attention.kv_cache.k.clone(), l.attention.kv_cache.v.clone()) for l in model.layers]
+
+torch.manual_seed(0)
+# (heads, kv heads, head_dim, cache, slices, batch, prompt, left padding): GQA 2 and 3 (padded to 16 query
+# rows), MHA; 4 slices whose length grows from 64 to 128 positions as the decoded position passes 255,
+# one slice (no merge), slices with no position at all.
+for H, KV, D, S, slices, B, prompt_len, row_start, compiled in [
+        (4, 2, 32, 300, 4, 2, 254, [0, 3], False), (6, 2, 32, 40, 3, 1, 3, [0], True),
+        (2, 2, 64, 70, 1, 2, 5, [2, 0], False)]:
+    K.DECODE_SLICES = slices
+    args = M.ModelArgs(dim=H * D, n_layers=2, n_heads=H, n_kv_heads=KV, head_dim=D, intermediate_size=64,
+                       vocab_size=50, max_seq_len=S)
+    model = M.Transformer(args).to(torch.float16)  # (bfloat16's tl.dot is wrong in the CPU interpreter)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    model.setup_caches(B, S)
+    with torch.no_grad():
+        ref, ref_caches = run(model, False, B, prompt_len, row_start)
+        if compiled:  # the kernel's in-place cache writes survive torch.compile
+            g.compile_regions(model)
+        got, got_caches = run(model, True, B, prompt_len, row_start)
+    tol = (0.05 if compiled else 0.03) * ref.abs().max().item()
+    assert (got - ref).abs().max() < tol, (H, KV, D, (got - ref).abs().max())
+    if not compiled:  # layer 0's new values are copied as they are
+        assert torch.equal(got_caches[0][1], ref_caches[0][1])
+    for cache, ref_cache in zip(got_caches[0] + got_caches[1], ref_caches[0] + ref_caches[1]):
+        assert (cache - ref_cache).abs().max() < 0.005 * ref_cache.abs().max() * (2 if compiled else 1)
+print("ok")
+"""
+
+
+def test_decode_attention_kernel_in_interpreter():
+    """kernels.py's fused decode attention (RoPE, cache write, flash decoding, slice merge) against
+    model.Attention's PyTorch path, through Triton's CPU interpreter; once compiled with compile_regions."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
+    r = subprocess.run([sys.executable, "-c", DECODE_ATTENTION_CHECK], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

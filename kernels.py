@@ -90,6 +90,19 @@ def use_decode_attention(qkv: Tensor, head_dim: int) -> bool:
             and head_dim in (32, 64, 128, 256))
 
 
+def swiglu(gate_up: Tensor) -> Tensor:
+    """silu(gate) * up, gate and up the two halves of the last dimension (the fused w13 output).
+
+    On CUDA it is a kernel of its own (a custom op). Left to Inductor, it is inlined into the bf16 w2
+    matrix-vector kernel that reads it, where every program recomputes it for the whole row (an exp and
+    a division per element per program): on an H100 that w2 took 41.6 us per 7B layer; as a kernel of its
+    own, 1.2 us plus 36.7 us for w2 (BENCHMARKS.md)."""
+    if USE_TRITON and gate_up.is_cuda:
+        return torch.ops.gptfast.swiglu(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 
@@ -335,6 +348,23 @@ if triton is not None:
             _merge_slices_kernel[(B * H,)](out, m, l, y, N_SLICES=n_slices, BLOCK=triton.next_power_of_2(n_slices), D=D)
         return y
 
+    @triton.jit
+    def _swiglu_kernel(x_ptr, y_ptr, I, BLOCK: tl.constexpr):
+        # row r of x is [gate (I), up (I)]; y[r] = silu(gate) * up, in float32, rounded once
+        row, cols = tl.program_id(0).to(tl.int64), tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        gate = tl.load(x_ptr + row * 2 * I + cols, mask=cols < I, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + row * 2 * I + I + cols, mask=cols < I, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row * I + cols, (gate / (1.0 + tl.exp(-gate)) * up).to(y_ptr.dtype.element_ty), mask=cols < I)
+
+    def swiglu_launch(gate_up: Tensor) -> Tensor:
+        x = gate_up.contiguous()
+        I = x.shape[-1] // 2
+        y = x.new_empty(*x.shape[:-1], I)
+        rows = x.numel() // (2 * I)
+        if rows:
+            _swiglu_kernel[(rows, triton.cdiv(I, 1024))](x, y, I, BLOCK=1024, num_warps=4)
+        return y
+
     # Custom ops: torch.compile treats them as opaque calls (no tracing into Triton) and CUDA graphs
     # capture their launches like any other kernel.
     @torch.library.custom_op("gptfast::int8_gemv", mutates_args=())
@@ -371,3 +401,11 @@ if triton is not None:
     @decode_attention.register_fake
     def _(qkv, cos, sin, mask, input_pos, k_cache, v_cache, n_heads):
         return qkv.new_empty(qkv.shape[0], n_heads * k_cache.shape[-1])
+
+    @torch.library.custom_op("gptfast::swiglu", mutates_args=())
+    def swiglu_op(gate_up: Tensor) -> Tensor:
+        return swiglu_launch(gate_up)
+
+    @swiglu_op.register_fake
+    def _(gate_up):
+        return gate_up.new_empty(*gate_up.shape[:-1], gate_up.shape[-1] // 2)

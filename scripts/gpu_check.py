@@ -5,9 +5,10 @@ python scripts/gpu_check.py [--shape llama-2-7b] [--steps 50]
 On a real-shaped model with random bf16 weights, with generate.py's --compile path (compiled blocks,
 CUDA-graphed decode): greedy tokens equal eager ones, step by step on the same inputs, except at
 genuine bf16 ties; prompts of new lengths cause no recompilation; seeded sampling repeats; prints
-compile time and tokens/s. First, kernels.py's fused decode attention against a float32 PyTorch
-reference (several head layouts, left padding, short and long caches, one and several slices), and the
-model's logits with it and without it against float32. Exit status 1 on any failure.
+compile time and tokens/s. First, kernels.py's SwiGLU kernel against float64, its fused decode
+attention against a float32 PyTorch reference (several head layouts, left padding, short and long
+caches, one and several slices), and the model's logits with and without that kernel against float32.
+Exit status 1 on any failure.
 """
 import argparse
 import sys
@@ -56,12 +57,21 @@ def check_decode_attention() -> bool:
     return ok
 
 
+def check_swiglu() -> bool:
+    x = torch.randn(3, 2 * 11008, device="cuda", dtype=torch.bfloat16) * 4
+    gate, up = x.double().chunk(2, dim=-1)
+    err = (K.swiglu_launch(x).double() - torch.nn.functional.silu(gate) * up).abs().max().item()
+    bound = (torch.nn.functional.silu(gate) * up).abs().max().item() * 2 ** -8  # half a bf16 ulp at the largest
+    print(f"swiglu kernel: max abs err {err:.2e} (bound {bound:.2e})")
+    return err <= bound
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="llama-2-7b")
     p.add_argument("--steps", type=int, default=50)
     a = p.parse_args()
-    ok = check_decode_attention()
+    ok = check_swiglu() & check_decode_attention()
     model = random_model(shape_config(a.shape), "cuda", torch.bfloat16, 256)
     model.setup_caches(1, 256)  # one cache for every prompt below
     gen = torch.Generator().manual_seed(0)

@@ -97,8 +97,13 @@ def test_loader_errors(tmp_path, stories_dir):
         Transformer.from_pretrained(bad)
 
 
-DECODE_ATTENTION_CHECK = """
+MODEL_KERNELS_CHECK = """
 import torch, generate as g, kernels as K, model as M
+
+for shape in [(3, 200), (1, 1, 5000)]:  # SwiGLU: widths below and above one block of 1024
+    x = torch.randn(shape)
+    gate, up = x.chunk(2, dim=-1)
+    torch.testing.assert_close(K.swiglu_launch(x), torch.nn.functional.silu(gate) * up, atol=1e-6, rtol=1e-5)
 
 def run(model, fused, B, prompt_len, row_start, steps=4):
     K.use_decode_attention = lambda qkv, head_dim: fused  # the model's dispatch, forced either way
@@ -140,12 +145,13 @@ print("ok")
 """
 
 
-def test_decode_attention_kernel_in_interpreter():
-    """kernels.py's fused decode attention (RoPE, cache write, flash decoding, slice merge) against
-    model.Attention's PyTorch path, through Triton's CPU interpreter; once compiled with compile_regions."""
+def test_model_kernels_in_interpreter():
+    """kernels.py's kernels for the model, through Triton's CPU interpreter: SwiGLU against F.silu; the fused
+    decode attention (RoPE, cache write, flash decoding, slice merge) against model.Attention's PyTorch path,
+    eager and once compiled with compile_regions."""
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
-    r = subprocess.run([sys.executable, "-c", DECODE_ATTENTION_CHECK], cwd=root, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", MODEL_KERNELS_CHECK], cwd=root, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

@@ -84,10 +84,11 @@ def _use_triton(x: Tensor) -> bool:
     return USE_TRITON and x.is_cuda and x.numel() == x.shape[-1]  # one activation row: batch-1 decode
 
 
-def use_decode_attention(qkv: Tensor, head_dim: int) -> bool:
-    """Whether model.Attention can hand a one-token step to the fused Triton kernel (decode_attention_launch)."""
+def use_decode_attention(qkv: Tensor, k_cache: Tensor) -> bool:
+    """Whether model.Attention can hand a one-token step to the fused Triton kernel (decode_attention_launch):
+    CUDA, 16-bit, a power-of-two head_dim from 32 to 256, and a cache its 32-bit offsets can address."""
     return (USE_DECODE_ATTENTION and qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16)
-            and head_dim in (32, 64, 128, 256))
+            and k_cache.shape[-1] in (32, 64, 128, 256) and k_cache.numel() < 2 ** 31)
 
 
 def swiglu(gate_up: Tensor) -> Tensor:

@@ -1,9 +1,9 @@
 """A Llama-family transformer (Llama 1/2/3, Mistral, Qwen2, SmolLM, TinyLlama) with a static KV cache.
 
-One file, depends only on torch (safetensors to load weights; on CUDA, kernels.py's Triton decode attention). Configured from the checkpoint's
-own config.json, never from its folder name. Weights keep Hugging Face's layout except that q/k/v and
-gate/up are fused into one matrix each (fewer, larger matmuls: the decode step is bound by reading
-weights, and every kernel launch costs time).
+One file, depends only on torch (safetensors to load weights; on CUDA, kernels.py's Triton kernels for
+decode attention and SwiGLU). Configured from the checkpoint's own config.json, never from its folder
+name. Weights keep Hugging Face's layout except that q/k/v and gate/up are fused into one matrix each
+(fewer, larger matmuls: the decode step is bound by reading weights, and every kernel launch costs time).
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.wqkv(x)
-        if T == 1 and kernels.use_decode_attention(qkv, D):  # on CUDA, all of the below in one Triton kernel
+        if T == 1 and kernels.use_decode_attention(qkv, self.kv_cache.k):  # on CUDA, all of the below in one kernel
             y = torch.ops.gptfast.decode_attention(qkv.view(B, -1), cos.view(B, -1), sin.view(B, -1),
                                                    mask.view(B, -1), input_pos, self.kv_cache.k, self.kv_cache.v, H)
             return self.wo(y.view(B, 1, H * D))

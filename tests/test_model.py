@@ -106,7 +106,7 @@ for shape in [(3, 200), (1, 1, 5000)]:  # SwiGLU: widths below and above one blo
     torch.testing.assert_close(K.swiglu_launch(x), torch.nn.functional.silu(gate) * up, atol=1e-6, rtol=1e-5)
 
 def run(model, fused, B, prompt_len, row_start, steps=4):
-    K.use_decode_attention = lambda qkv, head_dim: fused  # the model's dispatch, forced either way
+    K.use_decode_attention = lambda qkv, k_cache: fused  # the model's dispatch, forced either way
     for layer in model.layers:
         layer.attention.kv_cache.k.zero_(); layer.attention.kv_cache.v.zero_()
     model.row_start[:B] = torch.tensor(row_start)

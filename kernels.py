@@ -1,4 +1,9 @@
-"""Matmuls with quantized weights: PyTorch reference paths (any device) and Triton GEMVs for batch-1 decode.
+"""The Triton kernels of the decode step, each with a PyTorch path that is its reference and runs wherever
+the kernel does not (CPU, no Triton, shapes it does not take):
+- matmuls with quantized weights: GEMVs for batch-1 decode (below; reference paths here);
+- decode attention for one new token: RoPE, KV-cache write and flash-decoding attention in one kernel
+  (reference: model.Attention's PyTorch path);
+- SwiGLU, as a kernel of its own so that Inductor does not inline it into the w2 product.
 
 Decode at batch 1 multiplies one activation row by every weight matrix, so its speed is bytes of
 weights read per second. The Triton kernels below read the quantized bytes once, dequantize in

@@ -83,6 +83,8 @@ def tinygemm_linear(x: Tensor, packed: Tensor, scales_zeros: Tensor, groupsize: 
 USE_TRITON = triton is not None and not os.environ.get("GPTFAST_NO_TRITON")
 # GPTFAST_NO_DECODE_ATTENTION=1 keeps decode attention on the PyTorch path (RoPE, cache writes, SDPA).
 USE_DECODE_ATTENTION = USE_TRITON and not os.environ.get("GPTFAST_NO_DECODE_ATTENTION")
+# GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
+DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 
 
 def _use_triton(x: Tensor) -> bool:
@@ -107,10 +109,6 @@ def swiglu(gate_up: Tensor) -> Tensor:
         return torch.ops.gptfast.swiglu(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
-
-
-# GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
-DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 
 
 def int8_linear(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:

@@ -42,8 +42,9 @@ def write_hf_checkpoint(path: Path, model_type: str = "llama", seed: int = 0, ma
     return ref
 
 
-def run_cli(*args, timeout=300, input=None):
-    """Run a repository script (e.g. 'generate.py', ...) in a subprocess; return CompletedProcess."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def run_cli(*args, timeout=300, input=None, env=None):
+    """Run a repository script (e.g. 'generate.py', or '-c', code) in a subprocess, with env added to the
+    environment (e.g. TRITON_INTERPRET=1: Triton kernels on the CPU); return CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env, input=input)

@@ -1,13 +1,9 @@
 """Logits parity with Hugging Face transformers, loaded through our loader, and loader errors."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_hf_checkpoint
+from conftest import run_cli, write_hf_checkpoint
 
 from model import CheckpointError, ModelArgs, Transformer
 
@@ -150,8 +146,5 @@ def test_model_kernels_in_interpreter():
     decode attention (RoPE, cache write, flash decoding, slice merge) against model.Attention's PyTorch path,
     eager and once compiled with compile_regions."""
     pytest.importorskip("triton")
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
-    r = subprocess.run([sys.executable, "-c", MODEL_KERNELS_CHECK], cwd=root, env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = run_cli("-c", MODEL_KERNELS_CHECK, env={"TRITON_INTERPRET": "1"}, timeout=600)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

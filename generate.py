@@ -25,19 +25,29 @@ class UsageError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- sampling
-def logits_to_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                    top_p: float | None = None) -> Tensor:
-    """Probabilities (B, V) after temperature, top-k and top-p (nucleus) filtering. logits: (B, V)."""
+def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> Tensor:
+    """float32 logits / temperature (B, V) with the tokens top-k and top-p (nucleus) filter out at -inf."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        # The k-th largest, found on the logits as they come (bf16 from a bf16 model): torch.topk's radix
+        # select makes half the passes over 16-bit values that it makes over float32 ones.
+        kth = torch.topk(logits, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (B, 1)
+        drop = logits < kth
     logits = logits.float() / max(temperature, 1e-5)
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (B, 1) k-th largest
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = logits.masked_fill(drop, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix with mass >= top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits.softmax(-1)
+    return logits
+
+
+def logits_to_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None) -> Tensor:
+    """Probabilities (B, V) after temperature, top-k and top-p filtering (filter_logits). logits: (B, V)."""
+    return filter_logits(logits, temperature, top_k, top_p).softmax(-1)
 
 
 def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -45,10 +55,11 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
     """Next token ids (B,) from logits (B, V); temperature 0 is greedy."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = logits_to_probs(logits, temperature, top_k, top_p)
-    # Exponential-race sampling: argmax(p / E) with E ~ Exp(1) picks index i with probability p_i,
-    # like torch.multinomial but without its device-to-host sync, so it runs inside a CUDA graph.
-    return (probs / torch.empty_like(probs).exponential_(1)).argmax(-1)
+    logits = filter_logits(logits, temperature, top_k, top_p)
+    # Gumbel-max sampling: argmax(logits - log E), E ~ Exp(1), picks index i with probability softmax(logits)_i
+    # (it is the exponential race argmax(p / E), without computing p). Unlike torch.multinomial it needs no
+    # device-to-host sync, so it runs inside a CUDA graph.
+    return (logits - torch.empty_like(logits).exponential_(1).log()).argmax(-1)
 
 
 # ------------------------------------------------------------------------------- model steps

@@ -83,8 +83,28 @@ def tinygemm_linear(x: Tensor, packed: Tensor, scales_zeros: Tensor, groupsize: 
 USE_TRITON = triton is not None and not os.environ.get("GPTFAST_NO_TRITON")
 # GPTFAST_NO_DECODE_ATTENTION=1 keeps decode attention on the PyTorch path (RoPE, cache writes, SDPA).
 USE_DECODE_ATTENTION = USE_TRITON and not os.environ.get("GPTFAST_NO_DECODE_ATTENTION")
+# GPTFAST_NO_GEMV=1 leaves 16-bit batch-1 products to PyTorch (Inductor's kernels, or cuBLAS).
+USE_GEMV = USE_TRITON and not os.environ.get("GPTFAST_NO_GEMV")
+GEMV_LAYERS = os.environ.get("GPTFAST_GEMV_LAYERS", "wqkv,wo,w13,w2,output").split(",")  # TEMPORARY experiment
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
+
+
+# Programmatic dependent launch (Hopper and later): each kernel below is launched so that it may start
+# while the kernel before it finishes; it loads what does not depend on that kernel (weights), then waits
+# for it (gdc_wait) before reading its output, and lets the next kernel start once its own loads are done
+# (gdc_launch_dependents). Inductor does the same in its kernels (generate.compile_regions). Off with
+# TORCHINDUCTOR_ENABLE_PDL=0, which also turns it off in Inductor.
+USE_PDL = os.environ.get("TORCHINDUCTOR_ENABLE_PDL", "1") != "0" and not os.environ.get("TRITON_INTERPRET")
+if os.environ.get("GPTFAST_NO_KERNEL_PDL"):  # TEMPORARY experiment
+    USE_PDL = False
+_pdl_devices: dict[int, bool] = {}
+
+
+def _pdl(t: Tensor) -> bool:
+    if t.device.index not in _pdl_devices:
+        _pdl_devices[t.device.index] = USE_PDL and torch.cuda.get_device_capability(t.device)[0] >= 9
+    return _pdl_devices[t.device.index]
 
 
 def _use_triton(x: Tensor) -> bool:
@@ -109,6 +129,14 @@ def swiglu(gate_up: Tensor) -> Tensor:
         return torch.ops.gptfast.swiglu(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear; for one 16-bit activation row on CUDA (batch-1 decode), kernels.py's Triton GEMV."""
+    if USE_GEMV and _use_triton(x) and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16):
+        y = torch.ops.gptfast.gemv(x, weight)
+        return y if bias is None else y + bias
+    return F.linear(x, weight, bias)
 
 
 def int8_linear(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
@@ -160,13 +188,13 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # Measured 2026-11-22 on an H100 (torch 2.11, Triton 3.6; BENCHMARKS.md): int8 (8, 1024, 4) read 2164 GB/s,
 # 72% of the copy bandwidth; int4 (4, 1024, 4) 1041-1201 GB/s, slower than tinygemm, which therefore
 # serves int4 on CUDA where it can (quantize.pack_for_device); this kernel takes the layers it cannot.
-CONFIGS = {"int8": dict(BLOCK_N=8, BLOCK_K=1024, num_warps=4),
+CONFIGS = {"int8": dict(BLOCK_N=2, BLOCK_K=1024, num_warps=2), "16-bit": dict(BLOCK_N=2, BLOCK_K=2048, num_warps=8),
            **{G: dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
     with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
-        CONFIGS.update({k if k == "int8" else int(k): v for k, v in json.load(f).items()})
+        CONFIGS.update({k if k in ("int8", "16-bit") else int(k): v for k, v in json.load(f).items()})
 
 _warned = False
 
@@ -185,23 +213,35 @@ if triton is not None:
         return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2^23 + 8
 
     @triton.jit
-    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PDL: tl.constexpr):
+        # y = w @ x for an int8 w with per-row scales (s_ptr) or a 16-bit w (s_ptr None).
         # Each program owns BLOCK_N output rows and walks all of K: the reduction stays in registers
-        # and the result is written once (no split-K atomics, no zero-fill or cast kernels).
+        # and the result is written once (no split-K atomics, no zero-fill or cast kernels). The next
+        # tile of weights is loaded before the current one is used, so two tiles are in flight.
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
+        cols = tl.arange(0, BLOCK_K)
+        w_at = w_ptr + rows[:, None] * K + cols[None, :]
+        w = tl.load(w_at, mask=row_ok[:, None] & (cols[None, :] < K), other=0)  # independent of the kernel before
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # x is its output
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # reduced once, after the loop
         for k0 in range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K), other=0)
-            acc += _int8_to_float(w) * x[None, :]
-        y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+            w_next = tl.load(w_at + k0 + BLOCK_K, mask=row_ok[:, None] & (k0 + BLOCK_K + cols[None, :] < K), other=0)
+            acc += (_int8_to_float(w) if s_ptr is not None else w.to(tl.float32)) * x[None, :]
+            w = w_next
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+        y = tl.sum(acc, axis=1)
+        if s_ptr is not None:
+            y *= tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
     def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, G: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         # Tiles are 3-D (rows, groups, bytes of a group); a step covers BLOCK_K columns, i.e. NG groups.
         # Like the int8 kernel, products accumulate element-wise and are reduced once after the loop:
         # no reduction (and no shared-memory round trip) inside it.
@@ -213,6 +253,8 @@ if triton is not None:
         g = tl.arange(0, NG)
         j = tl.arange(0, H)
         acc = tl.zeros((BLOCK_N, NG, H), dtype=tl.float32)
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # x is the previous kernel's output
         for k0 in range(0, K, BLOCK_K):
             groups = k0 // G + g  # (NG,)
             g_ok = groups < K // G
@@ -230,22 +272,28 @@ if triton is not None:
             w_lo = _nibble_minus_8(b.to(tl.int32) & 15) * s3 + z3
             w_hi = _nibble_minus_8(b.to(tl.int32) >> 4) * s3 + z3
             acc += w_lo * x_lo[None, :, :] + w_hi * x_hi[None, :, :]
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
-    def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
+    def gemv_launch(x: Tensor, weight: Tensor, scales: Tensor | None, BLOCK_N: int, BLOCK_K: int, num_warps: int,
+                    num_stages: int = 3) -> Tensor:
         N, K = weight.shape
         y = torch.empty(N, device=x.device, dtype=x.dtype)
-        _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-                                                       num_warps=num_warps)
+        pdl = _pdl(x)
+        _gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PDL=pdl,
+                                                 num_warps=num_warps, num_stages=num_stages, launch_pdl=pdl)
         return y
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
                          BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
         N, K = weight.shape[0], 2 * weight.shape[1]
         y = torch.empty(N, device=x.device, dtype=x.dtype)
+        pdl = _pdl(x)
         _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, zeros, y, N, K, G=groupsize, BLOCK_N=BLOCK_N,
-                                                       BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps)
+                                                       BLOCK_K=max(BLOCK_K, groupsize), PDL=pdl, num_warps=num_warps,
+                                                       launch_pdl=pdl)
         return y
 
     # ------------------------------------------------------------------ decode attention (one query)
@@ -262,8 +310,10 @@ if triton is not None:
     def _decode_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, mask_ptr, pos_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr,
                                  stride_qkv, stride_mask, stride_kb, stride_kh, scale,
                                  H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, N_SLICES: tl.constexpr,
-                                 BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+                                 BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
         b, kvh, sl = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # qkv is the previous kernel's output
         R: tl.constexpr = H // KV
         HALF: tl.constexpr = D // 2
         dtype = k_ptr.dtype.element_ty
@@ -306,6 +356,8 @@ if triton is not None:
             acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
             l = l * alpha + tl.sum(p, 1)
             m = m_new
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
         heads = b * H + kvh * R + r  # (BLOCK_R,) row of each query head in (B * H, ...) outputs
         if N_SLICES == 1:
             tl.store(out_ptr + heads[:, None] * D + dd[None, :], (acc / l[:, None]).to(dtype), mask=(r < R)[:, None])
@@ -317,13 +369,17 @@ if triton is not None:
 
     @triton.jit
     def _merge_slices_kernel(part_ptr, m_ptr, l_ptr, out_ptr, N_SLICES: tl.constexpr, BLOCK: tl.constexpr,
-                             D: tl.constexpr):
+                             D: tl.constexpr, PDL: tl.constexpr):
         # softmax(all) @ V from per-slice (max m, sum l, unnormalised acc); an empty slice has l = 0, m = -1e30
         bh, sl, dd = tl.program_id(0), tl.arange(0, BLOCK), tl.arange(0, D)
         ok = sl < N_SLICES
+        if PDL:
+            tl.extra.cuda.gdc_wait()
         m = tl.load(m_ptr + bh * N_SLICES + sl, mask=ok, other=-1e30)
         l = tl.load(l_ptr + bh * N_SLICES + sl, mask=ok, other=0.0)
         acc = tl.load(part_ptr + (bh * N_SLICES + sl)[:, None] * D + dd[None, :], mask=ok[:, None], other=0.0)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
         w = tl.exp2(m - tl.max(m, 0))
         y = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
         tl.store(out_ptr + bh * D + dd, y.to(out_ptr.dtype.element_ty))
@@ -343,21 +399,27 @@ if triton is not None:
         else:
             out = torch.empty(B * H * n_slices, D, device=qkv.device, dtype=torch.float32)
             m, l = torch.empty(2, B * H * n_slices, device=qkv.device, dtype=torch.float32)
+        pdl = _pdl(qkv)
         _decode_attention_kernel[(B, KV, n_slices)](
             qkv, cos.contiguous(), sin.contiguous(), mask.view(torch.uint8), input_pos, k_cache, v_cache, out, m, l,
             qkv.stride(0), mask.stride(0), k_cache.stride(0), k_cache.stride(1), D ** -0.5 * 1.4426950408889634,
             H=H, KV=KV, D=D, N_SLICES=n_slices, BLOCK_R=max(16, triton.next_power_of_2(H // KV)),
-            BLOCK_S=BLOCK_S, num_warps=4)
+            BLOCK_S=BLOCK_S, PDL=pdl, num_warps=4, launch_pdl=pdl)
         if n_slices > 1:
-            _merge_slices_kernel[(B * H,)](out, m, l, y, N_SLICES=n_slices, BLOCK=triton.next_power_of_2(n_slices), D=D)
+            _merge_slices_kernel[(B * H,)](out, m, l, y, N_SLICES=n_slices, BLOCK=triton.next_power_of_2(n_slices), D=D,
+                                           PDL=pdl, launch_pdl=pdl)
         return y
 
     @triton.jit
-    def _swiglu_kernel(x_ptr, y_ptr, I, BLOCK: tl.constexpr):
+    def _swiglu_kernel(x_ptr, y_ptr, I, BLOCK: tl.constexpr, PDL: tl.constexpr):
         # row r of x is [gate (I), up (I)]; y[r] = silu(gate) * up, in float32, rounded once
         row, cols = tl.program_id(0).to(tl.int64), tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
         gate = tl.load(x_ptr + row * 2 * I + cols, mask=cols < I, other=0.0).to(tl.float32)
         up = tl.load(x_ptr + row * 2 * I + I + cols, mask=cols < I, other=0.0).to(tl.float32)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
         tl.store(y_ptr + row * I + cols, (gate / (1.0 + tl.exp(-gate)) * up).to(y_ptr.dtype.element_ty), mask=cols < I)
 
     def swiglu_launch(gate_up: Tensor) -> Tensor:
@@ -366,18 +428,28 @@ if triton is not None:
         y = x.new_empty(*x.shape[:-1], I)
         rows = x.numel() // (2 * I)
         if rows:
-            _swiglu_kernel[(rows, triton.cdiv(I, 1024))](x, y, I, BLOCK=1024, num_warps=4)
+            pdl = _pdl(x)
+            _swiglu_kernel[(rows, triton.cdiv(I, 1024))](x, y, I, BLOCK=1024, PDL=pdl, num_warps=4, launch_pdl=pdl)
         return y
 
     # Custom ops: torch.compile treats them as opaque calls (no tracing into Triton) and CUDA graphs
     # capture their launches like any other kernel.
     @torch.library.custom_op("gptfast::int8_gemv", mutates_args=())
     def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
-        y = int8_gemv_launch(x.reshape(-1).contiguous(), weight, scales, **CONFIGS["int8"])
+        y = gemv_launch(x.reshape(-1).contiguous(), weight, scales, **CONFIGS["int8"])
         return y.view(*x.shape[:-1], weight.shape[0])
 
     @int8_gemv.register_fake
     def _(x, weight, scales):
+        return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    @torch.library.custom_op("gptfast::gemv", mutates_args=())
+    def gemv(x: Tensor, weight: Tensor) -> Tensor:
+        y = gemv_launch(x.reshape(-1).contiguous(), weight, None, **CONFIGS["16-bit"])
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @gemv.register_fake
+    def _(x, weight):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @torch.library.custom_op("gptfast::int4_gemv", mutates_args=())

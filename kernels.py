@@ -83,9 +83,6 @@ def tinygemm_linear(x: Tensor, packed: Tensor, scales_zeros: Tensor, groupsize: 
 USE_TRITON = triton is not None and not os.environ.get("GPTFAST_NO_TRITON")
 # GPTFAST_NO_DECODE_ATTENTION=1 keeps decode attention on the PyTorch path (RoPE, cache writes, SDPA).
 USE_DECODE_ATTENTION = USE_TRITON and not os.environ.get("GPTFAST_NO_DECODE_ATTENTION")
-# GPTFAST_NO_GEMV=1 leaves 16-bit batch-1 products to PyTorch (Inductor's kernels, or cuBLAS).
-USE_GEMV = USE_TRITON and not os.environ.get("GPTFAST_NO_GEMV")
-GEMV_LAYERS = os.environ.get("GPTFAST_GEMV_LAYERS", "wqkv,wo,w13,w2,output").split(",")  # TEMPORARY experiment
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 
@@ -96,8 +93,6 @@ DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 # (gdc_launch_dependents). Inductor does the same in its kernels (generate.compile_regions). Off with
 # TORCHINDUCTOR_ENABLE_PDL=0, which also turns it off in Inductor.
 USE_PDL = os.environ.get("TORCHINDUCTOR_ENABLE_PDL", "1") != "0" and not os.environ.get("TRITON_INTERPRET")
-if os.environ.get("GPTFAST_NO_KERNEL_PDL"):  # TEMPORARY experiment
-    USE_PDL = False
 _pdl_devices: dict[int, bool] = {}
 
 
@@ -129,14 +124,6 @@ def swiglu(gate_up: Tensor) -> Tensor:
         return torch.ops.gptfast.swiglu(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
-
-
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear; for one 16-bit activation row on CUDA (batch-1 decode), kernels.py's Triton GEMV."""
-    if USE_GEMV and _use_triton(x) and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16):
-        y = torch.ops.gptfast.gemv(x, weight)
-        return y if bias is None else y + bias
-    return F.linear(x, weight, bias)
 
 
 def int8_linear(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
@@ -185,16 +172,17 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # Launch shapes by kind ("int8", or the int4 group size): picked from the sweep in
 # scripts/gpu_check_quant.py on an H100 (see README). GPTFAST_GEMV_CONFIGS=file.json overrides them
 # (the sweep writes such a file), so a benchmark can use freshly measured shapes.
-# Measured 2026-11-22 on an H100 (torch 2.11, Triton 3.6; BENCHMARKS.md): int8 (8, 1024, 4) read 2164 GB/s,
-# 72% of the copy bandwidth; int4 (4, 1024, 4) 1041-1201 GB/s, slower than tinygemm, which therefore
-# serves int4 on CUDA where it can (quantize.pack_for_device); this kernel takes the layers it cannot.
-CONFIGS = {"int8": dict(BLOCK_N=2, BLOCK_K=1024, num_warps=2), "16-bit": dict(BLOCK_N=2, BLOCK_K=2048, num_warps=8),
+# int8: scripts/bench_gemv.py on an H100 (2026-11-27, torch 2.11, Triton 3.6; BENCHMARKS.md): (4, 1024, 2)
+# moves the four products of a 7B block at 2.0-2.7 TB/s, 82.8 us a block against 88.5 for (8, 1024, 4).
+# int4 (4, 1024, 4) read 1041-1201 GB/s (2026-11-22), slower than tinygemm, which therefore serves int4
+# on CUDA where it can (quantize.pack_for_device); this kernel takes the layers it cannot.
+CONFIGS = {"int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            **{G: dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
     with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
-        CONFIGS.update({k if k in ("int8", "16-bit") else int(k): v for k, v in json.load(f).items()})
+        CONFIGS.update({k if k == "int8" else int(k): v for k, v in json.load(f).items()})
 
 _warned = False
 
@@ -213,9 +201,9 @@ if triton is not None:
         return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2^23 + 8
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     PDL: tl.constexpr):
-        # y = w @ x for an int8 w with per-row scales (s_ptr) or a 16-bit w (s_ptr None).
+    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          PDL: tl.constexpr):
+        # y = (w @ x) * s: w int8 (N, K), s the per-row scales.
         # Each program owns BLOCK_N output rows and walks all of K: the reduction stays in registers
         # and the result is written once (no split-K atomics, no zero-fill or cast kernels). The next
         # tile of weights is loaded before the current one is used, so two tiles are in flight.
@@ -230,13 +218,11 @@ if triton is not None:
         for k0 in range(0, K, BLOCK_K):
             x = tl.load(x_ptr + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
             w_next = tl.load(w_at + k0 + BLOCK_K, mask=row_ok[:, None] & (k0 + BLOCK_K + cols[None, :] < K), other=0)
-            acc += (_int8_to_float(w) if s_ptr is not None else w.to(tl.float32)) * x[None, :]
+            acc += _int8_to_float(w) * x[None, :]
             w = w_next
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        y = tl.sum(acc, axis=1)
-        if s_ptr is not None:
-            y *= tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
@@ -277,13 +263,12 @@ if triton is not None:
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
-    def gemv_launch(x: Tensor, weight: Tensor, scales: Tensor | None, BLOCK_N: int, BLOCK_K: int, num_warps: int,
-                    num_stages: int = 3) -> Tensor:
+    def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
         N, K = weight.shape
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         pdl = _pdl(x)
-        _gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PDL=pdl,
-                                                 num_warps=num_warps, num_stages=num_stages, launch_pdl=pdl)
+        _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+                                                      PDL=pdl, num_warps=num_warps, launch_pdl=pdl)
         return y
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
@@ -436,20 +421,11 @@ if triton is not None:
     # capture their launches like any other kernel.
     @torch.library.custom_op("gptfast::int8_gemv", mutates_args=())
     def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
-        y = gemv_launch(x.reshape(-1).contiguous(), weight, scales, **CONFIGS["int8"])
+        y = int8_gemv_launch(x.reshape(-1).contiguous(), weight, scales, **CONFIGS["int8"])
         return y.view(*x.shape[:-1], weight.shape[0])
 
     @int8_gemv.register_fake
     def _(x, weight, scales):
-        return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-    @torch.library.custom_op("gptfast::gemv", mutates_args=())
-    def gemv(x: Tensor, weight: Tensor) -> Tensor:
-        y = gemv_launch(x.reshape(-1).contiguous(), weight, None, **CONFIGS["16-bit"])
-        return y.view(*x.shape[:-1], weight.shape[0])
-
-    @gemv.register_fake
-    def _(x, weight):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @torch.library.custom_op("gptfast::int4_gemv", mutates_args=())

@@ -135,24 +135,13 @@ class KVCache(nn.Module):
         return k_cache, v_cache
 
 
-class Linear(nn.Linear):
-    """nn.Linear whose batch-1 decode product on CUDA is kernels.py's Triton GEMV (kernels.linear)."""
-
-    def __init__(self, *args, name: str = "", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.use_gemv = name in kernels.GEMV_LAYERS  # TEMPORARY experiment
-
-    def forward(self, x: Tensor) -> Tensor:
-        return kernels.linear(x, self.weight, self.bias) if self.use_gemv else F.linear(x, self.weight, self.bias)
-
-
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         qkv_out = (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
-        self.wqkv = Linear(args.dim, qkv_out, bias=args.qkv_bias, name="wqkv")
-        self.wo = Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias, name="wo")
+        self.wqkv = nn.Linear(args.dim, qkv_out, bias=args.qkv_bias)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
@@ -181,8 +170,8 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.w13 = Linear(args.dim, 2 * args.intermediate_size, bias=False, name="w13")  # gate and up, fused
-        self.w2 = Linear(args.intermediate_size, args.dim, bias=False, name="w2")
+        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)  # gate and up, fused
+        self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(kernels.swiglu(self.w13(x)))  # silu(gate) * up
@@ -218,7 +207,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = Linear(args.dim, args.vocab_size, bias=False, name="output")
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.max_batch_size = self.max_seq_len = -1
@@ -263,6 +252,10 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask, input_pos)
         if last_only:  # a copy: the compiled head then sees the layout of a decode step, whatever the prompt length
             x = x[:, -1:].clone(memory_format=torch.contiguous_format)
+        return self.head(x)
+
+    def head(self, x: Tensor) -> Tensor:
+        """Final norm and output layer: hidden states (B, T, dim) -> logits (B, T, vocab)."""
         return self.output(self.norm(x))
 
     @classmethod

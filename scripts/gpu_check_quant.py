@@ -202,7 +202,7 @@ def main():
                     print("sweep stopped: --budget_s reached", flush=True)
                     break
                 if kind == 8:
-                    make = lambda n, c, cfg=cfg: ((lambda x, t=quantized(8, n, c): K.gemv_launch(x.view(-1), *t, **cfg)),
+                    make = lambda n, c, cfg=cfg: ((lambda x, t=quantized(8, n, c): K.int8_gemv_launch(x.view(-1), *t, **cfg)),
                                                   nbytes(*quantized(8, n, c)))
                 else:
                     make = lambda n, c, cfg=cfg, G=kind: (

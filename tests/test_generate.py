@@ -191,3 +191,17 @@ def test_cli_missing_files(tmp_path, stories_dir):
     (tmp_path / "tokenizer.model").write_bytes((stories_dir / "tokenizer.model").read_bytes())
     r = run_cli("generate.py", "--checkpoint", tmp_path, "--device", "cpu")
     assert r.returncode == 2 and "config.json not found" in r.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_two_stage_argmax_is_first_maximum(dtype):
+    """generate.argmax (used by sampling) against torch.argmax, ties included (first index wins), for
+    vocabularies that are and are not multiples of the slice count; eager and compiled."""
+    torch.manual_seed(0)
+    compiled = torch.compile(g.argmax, fullgraph=True, dynamic=False)
+    for V in (64, 1000, 32000, 49152):
+        x = torch.randint(0, 4, (3, V)).to(dtype)  # many ties
+        x[1] = torch.randn(V).to(dtype)
+        x[2, -1] = 9  # the maximum in the (padded) last slice
+        assert torch.equal(g.argmax(x), x.argmax(-1)), V
+        assert torch.equal(compiled(x), x.argmax(-1)), V

@@ -101,10 +101,8 @@ for N, Kd, G, cfg in [(24, 256, 32, (8, 64, 4)), (10, 192, 64, (4, 128, 4)), (16
     w, x = torch.randn(N, Kd), torch.randn(Kd)
     q, s = Q.quantize_int8(w)
     q[0, :4] = torch.tensor([-128, 127, 0, -1], dtype=torch.int8)  # the ends of the range convert exactly
-    y = K.gemv_launch(x, q, s, *cfg)
+    y = K.int8_gemv_launch(x, q, s, *cfg)
     torch.testing.assert_close(y, (x @ q.float().T) * s, atol=1e-4, rtol=1e-4)
-    wh, xh = w.half(), x.half()  # 16-bit weights, no scales
-    torch.testing.assert_close(K.gemv_launch(xh, wh, None, *cfg).float(), xh.float() @ wh.float().T, atol=2e-2, rtol=1e-2)
     p, s4, z4 = Q.quantize_int4(w, G, torch.float32)
     y = K.int4_gemv_launch(x, p, s4, z4, G, *cfg)
     torch.testing.assert_close(y, x @ K.dequantize_int4(p, s4, z4, G).T, atol=1e-4, rtol=1e-4)
@@ -113,7 +111,7 @@ print("ok")
 
 
 def test_triton_kernels_in_interpreter():
-    """The Triton GEMVs (int8, 16-bit, int4) against the PyTorch path, on CPU through Triton's interpreter (tiny shapes,
+    """The Triton GEMVs against the PyTorch path, on CPU through Triton's interpreter (tiny shapes,
     partial last K block included). Skipped where Triton is not installed."""
     pytest.importorskip("triton")
     r = run_cli("-c", KERNEL_CHECK, env={"TRITON_INTERPRET": "1"})

@@ -52,10 +52,11 @@ def logits_to_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None 
 
 
 def argmax(x: Tensor, slices: int = 64) -> Tensor:
-    """x.argmax(-1) for x (B, V), the first index of the maximum as there, found in two stages: the maximum of
-    each of `slices` slices of V, then the best of those. Compiled, a plain argmax over the vocabulary is one
-    program per row; this is `slices` programs (sampling from a 32000-token vocabulary on an H100: one kernel
-    of 28.3 us before, two of 2.8 and 3.1 us now; BENCHMARKS.md run 29)."""
+    """x.argmax(-1) for x (B, V) (the first index of the maximum, as torch.argmax gives), in two stages: the
+    maximum of each of `slices` slices of V, then the first slice holding the largest. Compiled, a plain
+    argmax over the vocabulary is one program per row; this is `slices` programs (sampling from a
+    32000-token vocabulary on an H100: one kernel of 28.3 us before, two of 2.8 and 3.1 us now;
+    BENCHMARKS.md run 29)."""
     B, V = x.shape
     x = F.pad(x, (0, -V % slices), value=float("-inf")).view(B, slices, -1)
     best, at = x.max(-1)  # (B, slices), first maximum of each slice

@@ -87,6 +87,14 @@ def decode_one_token(model: Transformer, x: Tensor, input_pos: Tensor, **samplin
     return sample(model(x, input_pos)[:, -1], **sampling)
 
 
+def cache_length(needed: int, limit: int) -> int:
+    """The KV cache length to allocate for `needed` positions: the next power of two from 256, at most `limit`
+    (the model's context). The cache's length is part of every compiled graph's shapes; rounded, a run with
+    a prompt of another length reuses the compiled graphs (Inductor's on-disk cache across processes)
+    instead of compiling them again. The fused decode attention reads only the positions filled so far."""
+    return min(max(256, 1 << (needed - 1).bit_length()), limit)
+
+
 def compile_regions(model: Transformer) -> None:
     """Regional compilation: each transformer block is compiled, and one compile serves every layer
     (25 s for a 7B model on an H100, against 84 s compiling the whole step; BENCHMARKS.md); so are the
@@ -324,7 +332,7 @@ def main(argv=None, load_fn=load) -> None:
     if longest + args.max_new_tokens > model.args.max_seq_len:
         raise UsageError(f"prompt ({longest} tokens) + --max_new_tokens ({args.max_new_tokens}) exceeds the "
                          f"model's context of {model.args.max_seq_len}: shorten the prompt or lower --max_new_tokens")
-    model.setup_caches(len(encoded), longest + args.max_new_tokens)
+    model.setup_caches(len(encoded), cache_length(longest + args.max_new_tokens, model.args.max_seq_len))
     sampling = dict(temperature=args.temperature, top_k=args.top_k or None,
                     top_p=args.top_p if args.top_p < 1 else None)
     prefill_fn, decode_fn = compile_steps(args.compile, args.compile_prefill, model)

@@ -122,7 +122,7 @@ def kv_bytes_per_step(model: Transformer, batch: int, position: float) -> float:
 def run_one(model, prefill_fn, decode_fn, device, batch, prompt_len, new_tokens, runs, sampling, vocab):
     """Time generation; return dict of the medians."""
     prompts = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1)).tolist()
-    model.setup_caches(batch, prompt_len + new_tokens)
+    model.setup_caches(batch, g.cache_length(prompt_len + new_tokens, model.args.max_seq_len))  # as generate.py does
     first = {}
 
     def on_token(step, _tokens):  # tokens are on the host, so the device has finished this step
@@ -294,8 +294,10 @@ def main(argv=None):
         sync(device)
         t_model = time.perf_counter()
         prefill_fn, decode_fn = g.compile_steps(not a.no_compile, a.compile_prefill, model)
-        model.setup_caches(1, 16)
-        g.generate(model, [[1, 2, 3, 4, 5]], 2, prefill_fn=prefill_fn, decode_fn=decode_fn, **samplings["default"])
+        batch, prompt_len, new_tokens = cases[0]  # the measuring process's first case, so the same compiled graphs
+        model.setup_caches(batch, g.cache_length(prompt_len + new_tokens, model.args.max_seq_len))
+        g.generate(model, [[1, 2, 3, 4, 5]] * batch, 2, prefill_fn=prefill_fn, decode_fn=decode_fn,
+                   **samplings["default"])
         sync(device)  # the first token and one compiled decode step are done
         t_done = time.perf_counter()
         c = torch._dynamo.utils.counters["inductor"]

@@ -205,3 +205,31 @@ def test_two_stage_argmax_is_first_maximum(dtype):
         x[2, -1] = 9  # the maximum in the (padded) last slice
         assert torch.equal(g.argmax(x), x.argmax(-1)), V
         assert torch.equal(compiled(x), x.argmax(-1)), V
+
+
+def test_cache_length():
+    assert [g.cache_length(n, 4096) for n in (1, 205, 256, 257, 2098, 4096)] == [256, 256, 256, 512, 4096, 4096]
+    assert g.cache_length(30, 128) == 128 and g.cache_length(300, 1000) == 512
+
+
+REUSE = """
+import sys, torch, generate as g
+from torch._dynamo.utils import counters
+for prompt in ("Once upon a time", "Once upon a time there was a little girl named Lily who loved to play"):
+    before = dict(counters["inductor"])
+    g.main(["--checkpoint", sys.argv[1], "--prompt", prompt, "--max_new_tokens", "20", "--compile", "--temperature", "0"])
+    print("misses", counters["inductor"]["fxgraph_cache_miss"] - before.get("fxgraph_cache_miss", 0),
+          "hits", counters["inductor"]["fxgraph_cache_hit"] - before.get("fxgraph_cache_hit", 0), file=sys.stderr)
+    torch._dynamo.reset()
+"""
+
+
+def test_prompts_of_other_lengths_reuse_compiled_graphs(stories_dir, tmp_path):
+    """The CLI rounds the KV cache (generate.cache_length), so a run with a prompt of another length finds
+    every compiled graph in Inductor's cache instead of compiling it again (here: two runs in one process,
+    which go through the same on-disk cache as two processes do)."""
+    r = run_cli("-c", REUSE, stories_dir, env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
+    counts = re.findall(r"misses (\d+) hits (\d+)", r.stderr)
+    assert r.returncode == 0 and len(counts) == 2, r.stderr[-3000:]
+    (miss1, _), (miss2, hit2) = [tuple(map(int, c)) for c in counts]
+    assert miss1 > 0 and miss2 == 0 and hit2 > 0, counts

@@ -88,11 +88,13 @@ def decode_one_token(model: Transformer, x: Tensor, input_pos: Tensor, **samplin
 
 
 def cache_length(needed: int, limit: int) -> int:
-    """The KV cache length to allocate for `needed` positions: the next power of two from 256, at most `limit`
-    (the model's context). The cache's length is part of every compiled graph's shapes; rounded, a run with
-    a prompt of another length reuses the compiled graphs (Inductor's on-disk cache across processes)
-    instead of compiling them again. The fused decode attention reads only the positions filled so far."""
-    return min(max(256, 1 << (needed - 1).bit_length()), limit)
+    """The KV cache length to allocate for `needed` positions: the next power of two from 256 to 1024, above
+    that the next multiple of 1024 (at most 1023 positions unused), and at most `limit` (the model's context).
+    The cache's length is part of every compiled graph's shapes; rounded, a run with a prompt of another
+    length reuses the compiled graphs (Inductor's on-disk cache across processes) instead of compiling them
+    again. The fused decode attention reads only the positions filled so far."""
+    step = min(max(256, 1 << (needed - 1).bit_length()), 1024)
+    return min(-(-needed // step) * step, limit)
 
 
 def compile_regions(model: Transformer) -> None:

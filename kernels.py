@@ -91,14 +91,18 @@ DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 # while the kernel before it finishes; it loads what does not depend on that kernel (weights), then waits
 # for it (gdc_wait) before reading its output, and lets the next kernel start once its own loads are done
 # (gdc_launch_dependents). Inductor does the same in its kernels (generate.compile_regions). Off with
-# TORCHINDUCTOR_ENABLE_PDL=0, which also turns it off in Inductor.
-USE_PDL = os.environ.get("TORCHINDUCTOR_ENABLE_PDL", "1") != "0" and not os.environ.get("TRITON_INTERPRET")
-_pdl_devices: dict[int, bool] = {}
+# TORCHINDUCTOR_ENABLE_PDL=0, which also turns it off in Inductor; needs Triton >= 3.4 (torch >= 2.8).
+USE_PDL = (os.environ.get("TORCHINDUCTOR_ENABLE_PDL", "1") != "0" and not os.environ.get("TRITON_INTERPRET")
+           and triton is not None and hasattr(getattr(tl.extra, "cuda", None), "gdc_wait"))
+_pdl_devices: dict[int, dict] = {}
 
 
-def _pdl(t: Tensor) -> bool:
+def _pdl(t: Tensor) -> dict:
+    """Launch options for a kernel taking a PDL flag: PDL on Hopper and later; older Triton releases do not
+    know the launch_pdl option, so it is passed only when used."""
     if t.device.index not in _pdl_devices:
-        _pdl_devices[t.device.index] = USE_PDL and torch.cuda.get_device_capability(t.device)[0] >= 9
+        on = USE_PDL and torch.cuda.get_device_capability(t.device)[0] >= 9
+        _pdl_devices[t.device.index] = dict(PDL=True, launch_pdl=True) if on else dict(PDL=False)
     return _pdl_devices[t.device.index]
 
 
@@ -268,7 +272,7 @@ if triton is not None:
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         pdl = _pdl(x)
         _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-                                                      PDL=pdl, num_warps=num_warps, launch_pdl=pdl)
+                                                      num_warps=num_warps, **pdl)
         return y
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
@@ -277,8 +281,7 @@ if triton is not None:
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         pdl = _pdl(x)
         _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, zeros, y, N, K, G=groupsize, BLOCK_N=BLOCK_N,
-                                                       BLOCK_K=max(BLOCK_K, groupsize), PDL=pdl, num_warps=num_warps,
-                                                       launch_pdl=pdl)
+                                                       BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps, **pdl)
         return y
 
     # ------------------------------------------------------------------ decode attention (one query)
@@ -389,10 +392,10 @@ if triton is not None:
             qkv, cos.contiguous(), sin.contiguous(), mask.view(torch.uint8), input_pos, k_cache, v_cache, out, m, l,
             qkv.stride(0), mask.stride(0), k_cache.stride(0), k_cache.stride(1), D ** -0.5 * 1.4426950408889634,
             H=H, KV=KV, D=D, N_SLICES=n_slices, BLOCK_R=max(16, triton.next_power_of_2(H // KV)),
-            BLOCK_S=BLOCK_S, PDL=pdl, num_warps=4, launch_pdl=pdl)
+            BLOCK_S=BLOCK_S, num_warps=4, **pdl)
         if n_slices > 1:
             _merge_slices_kernel[(B * H,)](out, m, l, y, N_SLICES=n_slices, BLOCK=triton.next_power_of_2(n_slices), D=D,
-                                           PDL=pdl, launch_pdl=pdl)
+                                           **pdl)
         return y
 
     @triton.jit
@@ -414,7 +417,7 @@ if triton is not None:
         rows = x.numel() // (2 * I)
         if rows:
             pdl = _pdl(x)
-            _swiglu_kernel[(rows, triton.cdiv(I, 1024))](x, y, I, BLOCK=1024, PDL=pdl, num_warps=4, launch_pdl=pdl)
+            _swiglu_kernel[(rows, triton.cdiv(I, 1024))](x, y, I, BLOCK=1024, num_warps=4, **pdl)
         return y
 
     # Custom ops: torch.compile treats them as opaque calls (no tracing into Triton) and CUDA graphs

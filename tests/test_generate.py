@@ -208,7 +208,8 @@ def test_two_stage_argmax_is_first_maximum(dtype):
 
 
 def test_cache_length():
-    assert [g.cache_length(n, 4096) for n in (1, 205, 256, 257, 2098, 4096)] == [256, 256, 256, 512, 4096, 4096]
+    assert [g.cache_length(n, 8192) for n in (1, 205, 256, 257, 600, 2098, 4096, 5000)] == \
+        [256, 256, 256, 512, 1024, 3072, 4096, 5120]
     assert g.cache_length(30, 128) == 128 and g.cache_length(300, 1000) == 512
 
 

@@ -33,10 +33,8 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
         # The k-th largest, found on the logits as they come (bf16 from a bf16 model): torch.topk's radix
         # select makes half the passes over 16-bit values that it makes over float32 ones.
         kth = torch.topk(logits, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (B, 1)
-        drop = logits < kth
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     logits = logits.float() / max(temperature, 1e-5)
-    if top_k is not None and top_k < logits.shape[-1]:
-        logits = logits.masked_fill(drop, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)

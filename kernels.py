@@ -270,18 +270,16 @@ if triton is not None:
     def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
         N, K = weight.shape
         y = torch.empty(N, device=x.device, dtype=x.dtype)
-        pdl = _pdl(x)
         _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-                                                      num_warps=num_warps, **pdl)
+                                                      num_warps=num_warps, **_pdl(x))
         return y
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
                          BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
         N, K = weight.shape[0], 2 * weight.shape[1]
         y = torch.empty(N, device=x.device, dtype=x.dtype)
-        pdl = _pdl(x)
         _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, zeros, y, N, K, G=groupsize, BLOCK_N=BLOCK_N,
-                                                       BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps, **pdl)
+                                                       BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps, **_pdl(x))
         return y
 
     # ------------------------------------------------------------------ decode attention (one query)
@@ -416,8 +414,7 @@ if triton is not None:
         y = x.new_empty(*x.shape[:-1], I)
         rows = x.numel() // (2 * I)
         if rows:
-            pdl = _pdl(x)
-            _swiglu_kernel[(rows, triton.cdiv(I, 1024))](x, y, I, BLOCK=1024, num_warps=4, **pdl)
+            _swiglu_kernel[(rows, triton.cdiv(I, 1024))](x, y, I, BLOCK=1024, num_warps=4, **_pdl(x))
         return y
 
     # Custom ops: torch.compile treats them as opaque calls (no tracing into Triton) and CUDA graphs

@@ -13,7 +13,6 @@ import argparse
 import itertools
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,36 +20,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import kernels as K  # noqa: E402
 import quantize as Q  # noqa: E402
+from gpu_check_quant import time_graph  # noqa: E402
 from model import rms_norm  # noqa: E402
 
 SHAPES = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2": (4096, 11008),
           "output": (32000, 4096)}  # (N, K)
-
-
-def time_graph(fn, copies: int, reps: int = 4) -> float:
-    """Seconds per product: a CUDA graph of reps x fn (fn runs one product per copy), median of 5 replays."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    times = []
-    for _ in range(6):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000 / reps / copies)
-    return statistics.median(times[1:])
 
 
 def main():
@@ -82,7 +60,7 @@ def main():
 
         def add(kind, variant, fn, nbytes, out, reference):
             err = ((out.float().view(-1) - reference.view(-1)).abs().max() / reference.abs().max()).item()
-            sec = time_graph(fn, copies)
+            sec = time_graph(fn) / copies  # fn runs one product per copy of the weights
             r = dict(shape=name, kind=kind, variant=variant, us=sec * 1e6, gb_s=nbytes / sec / 1e9, rel_err=err)
             rows.append(r)
             return r

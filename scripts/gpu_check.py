@@ -50,7 +50,7 @@ def check_decode_attention() -> bool:
         ref = torch.nn.functional.scaled_dot_product_attention(q, k_cache.float(), v_cache.float(),
                                                                attn_mask=mask[:, None, None])
         err = ((y.float().view(B, KV, R, D) - ref).abs().max() / ref.abs().max()).item()
-        # The last slice to finish merges the others' results (a counter in memory): any race shows as a
+        # A race (the cache write against the slices' reads, the slices against the merge) would show as a
         # result that differs between 200 repeats of the same call.
         same = all(torch.equal(y, K.decode_attention_launch(qkv, cos, sin, mask, torch.tensor([pos], device="cuda"),
                                                             kc, vc, H, slices)) for _ in range(200))

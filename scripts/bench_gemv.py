@@ -1,13 +1,15 @@
-"""Batch-1 matrix-vector products of the Llama-2-7B layer shapes, one shape at a time, on the GPU:
+"""Matrix-vector products of the Llama-2-7B layer shapes, one shape at a time, on the GPU:
 
-python scripts/bench_gemv.py [--budget_s 300] [--json FILE]
+python scripts/bench_gemv.py [--kinds bf16,int8,int4] [--budget_s 300] [--json FILE] [--configs_out FILE]
 
 For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as compile_regions compiles
 the model: coordinate descent tuning, programmatic dependent launch; also with the RMSNorm in front, as wqkv
-and w13 run in the model); for int8 weights kernels.py's Triton GEMV over a grid of launch shapes. Each
-timing replays a CUDA graph of one product per copy of the weights (copies enough to exceed the 50 MB L2),
-so the kernels' starts and ends overlap as in a decode step. Prints the variants per shape, best first,
-and the launch shape that is best over the four products of a block together.
+and w13 run in the model); for int8 weights kernels.py's Triton GEMV over a grid of launch shapes; for int4
+(groups of 32, 64, 128) PyTorch's tinygemm (aten._weight_int4pack_mm) and kernels.py's int4 kernel over a grid
+of launch shapes, at one row (decode) and at 2048 rows (prefill). Each timing replays a CUDA graph of one
+product per copy of the weights (copies enough to exceed the 50 MB L2), so the kernels' starts and ends overlap
+as in a decode step. Prints the variants per shape, best first, and the launch shape that is best over the
+four products of a block together; --configs_out writes those (for GPTFAST_GEMV_CONFIGS).
 """
 import argparse
 import itertools
@@ -29,14 +31,27 @@ from model import rms_norm  # noqa: E402
 
 SHAPES = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2": (4096, 11008),
           "output": (32000, 4096)}  # (N, K)
+GRID8 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
+         for bn, bk, nw in itertools.product((1, 2, 4, 8), (512, 1024, 2048), (2, 4, 8)) if 1024 <= bn * bk <= 8192]
+GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
+         for bn, bk, nw, ns in itertools.product((16, 32, 64), (256, 512, 1024), (4, 8), (1, 3)) if bn * bk <= 32768]
+PREFILL4 = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=3)
+            for bm, bn, bk, nw in ((64, 64, 256, 4), (128, 64, 256, 8), (64, 128, 256, 8), (128, 128, 128, 8),
+                                   (128, 128, 256, 8))]
+
+
+def label(cfg: dict) -> str:
+    return "triton " + ",".join(f"{k}={v}" for k, v in cfg.items())
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--budget_s", type=float, default=300, help="stop the launch-shape sweep after this long")
+    p.add_argument("--kinds", default="bf16,int8,int4", help="comma-separated: bf16, int8, int4")
+    p.add_argument("--budget_s", type=float, default=300, help="stop each kind's launch-shape sweep after this long")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes")
     a = p.parse_args()
-    t0 = time.perf_counter()
+    kinds = a.kinds.split(",")
     dev, bf16 = "cuda", torch.bfloat16
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}", flush=True)
     torch._dynamo.config.cache_size_limit = 64
@@ -45,62 +60,119 @@ def main():
     inductor_norm = torch.compile(lambda x, g, w: F.linear(rms_norm(x, g, 1e-5), w), fullgraph=True, dynamic=False,
                                   options=opts)
     gen = torch.Generator(device=dev).manual_seed(0)
-    grid = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
-            for bn, bk, nw in itertools.product((1, 2, 4, 8), (512, 1024, 2048), (2, 4, 8)) if 1024 <= bn * bk <= 8192]
-    rows = []
+    rows, t_kind = [], {}
+
+    def add(shape, kind, variant, fn, nbytes, out, reference, copies):
+        err = ((out.float().reshape(-1) - reference.reshape(-1)).abs().max() / reference.abs().max()).item()
+        sec = time_graph(fn) / copies  # fn runs one product per copy of the weights
+        rows.append(dict(shape=shape, kind=kind, variant=variant, us=sec * 1e6, gb_s=nbytes / sec / 1e9, rel_err=err))
+
+    def in_budget(kind) -> bool:
+        t_kind.setdefault(kind, time.perf_counter())
+        if time.perf_counter() - t_kind[kind] > a.budget_s:
+            print(f"{kind} sweep stopped: --budget_s reached", flush=True)
+            return False
+        return True
+
+    groups = (32, 64, 128)
     for name, (n, k) in SHAPES.items():
         x = torch.randn(1, k, device=dev, dtype=bf16, generator=gen)
         g = torch.rand(k, device=dev, dtype=bf16, generator=gen) + 0.5
         copies = max(2, math.ceil(256e6 / (n * k * 2)))
         ws = [torch.randn(n, k, device=dev, dtype=bf16, generator=gen) * 0.02 for _ in range(copies)]
-        q8 = [Q.quantize_int8(w) for w in ws]
-        q8 = [(q, s.to(bf16)) for q, s in q8]
         ref = x.float() @ ws[0].float().t()
-        ref8 = (x.float() @ q8[0][0].float().t()) * q8[0][1].float()
-
-        def add(kind, variant, fn, nbytes, out, reference):
-            err = ((out.float().view(-1) - reference.view(-1)).abs().max() / reference.abs().max()).item()
-            sec = time_graph(fn) / copies  # fn runs one product per copy of the weights
-            r = dict(shape=name, kind=kind, variant=variant, us=sec * 1e6, gb_s=nbytes / sec / 1e9, rel_err=err)
-            rows.append(r)
-            return r
-
-        nb16, nb8 = n * k * 2, n * k + n * 2
-        add("bf16", "cuBLAS", lambda: [F.linear(x, w) for w in ws], nb16, F.linear(x, ws[0]), ref)
-        add("bf16", "inductor", lambda: [inductor(x, w) for w in ws], nb16, inductor(x, ws[0]), ref)
-        add("bf16", "inductor with RMSNorm", lambda: [inductor_norm(x, g, w) for w in ws], nb16,
-            inductor_norm(x, g, ws[0]), rms_norm(x.float(), g.float(), 1e-5) @ ws[0].float().t())
-        xv = x.view(-1)
-        for cfg in grid:
-            if time.perf_counter() - t0 > a.budget_s:
-                print("sweep stopped: --budget_s reached", flush=True)
-                break
-            label = "triton " + ",".join(str(v) for v in cfg.values())
-            add("int8", label, lambda: [K.int8_gemv_launch(xv, q, s, **cfg) for q, s in q8], nb8,
-                K.int8_gemv_launch(xv, *q8[0], **cfg), ref8)
-        for kind in ("bf16", "int8"):
+        nb16 = n * k * 2
+        if "bf16" in kinds:
+            add(name, "bf16", "cuBLAS", lambda: [F.linear(x, w) for w in ws], nb16, F.linear(x, ws[0]), ref, copies)
+            add(name, "bf16", "inductor", lambda: [inductor(x, w) for w in ws], nb16, inductor(x, ws[0]), ref, copies)
+            add(name, "bf16", "inductor with RMSNorm", lambda: [inductor_norm(x, g, w) for w in ws], nb16,
+                inductor_norm(x, g, ws[0]), rms_norm(x.float(), g.float(), 1e-5) @ ws[0].float().t(), copies)
+        if "int8" in kinds:
+            q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)]
+            ref8 = (x.float() @ q8[0][0].float().t()) * q8[0][1].float()
+            xv = x.view(-1)
+            for cfg in GRID8:
+                if in_budget("int8"):
+                    add(name, "int8", label(cfg), lambda: [K.int8_gemv_launch(xv, q, s, **cfg) for q, s in q8],
+                        n * k + n * 2, K.int8_gemv_launch(xv, *q8[0], **cfg), ref8, copies)
+            del q8
+        if "int4" in kinds and name != "output":
+            for G in groups:
+                kind = f"int4 g{G}"
+                c4 = copies * 3  # 3.5x fewer bytes than bf16 a copy
+                q4 = [Q.quantize_int4(ws[i % copies] + 1e-3 * i, G) for i in range(c4)]
+                nb4 = n * k // 2 + 2 * n * (k // G) * 2
+                ref4 = x.float() @ K.dequantize_int4(*q4[0], G).t()
+                try:
+                    tg = [K.tinygemm_pack(*q, G) for q in q4]
+                    add(name, kind, "tinygemm", lambda: [K.tinygemm_linear(x, *t, G) for t in tg], nb4,
+                        K.tinygemm_linear(x, *tg[0], G), ref4, c4)
+                    del tg
+                except RuntimeError as e:
+                    print(f"tinygemm failed: {str(e)[:200]}", flush=True)
+                grid = GRID4 if G == 32 else [dict(c) for c in best_configs(rows, "int4 g32", 4)]
+                for cfg in grid + [dict(grid[0], asm=False)]:
+                    try:
+                        if in_budget(kind):
+                            add(name, kind, label(cfg), lambda: [K.int4_mma_launch(x, *q, G, **cfg) for q in q4], nb4,
+                                K.int4_mma_launch(x, *q4[0], G, **cfg), ref4, c4)
+                    except Exception as e:  # noqa: BLE001
+                        print(f"{kind} {label(cfg)} failed: {str(e)[-300:]}", flush=True)
+                if G == 32 and name in ("wo", "w13"):  # prefill: 2048 rows
+                    xp = torch.randn(2048, k, device=dev, dtype=bf16, generator=gen)
+                    refp = xp.float() @ K.dequantize_int4(*q4[0], G).t()
+                    tg = K.tinygemm_pack(*q4[0], G)
+                    add(name, "int4 g32 prefill", "tinygemm", lambda: K.tinygemm_linear(xp, *tg, G), nb4,
+                        K.tinygemm_linear(xp, *tg, G), refp, 1)
+                    w16 = K.dequantize_int4(*q4[0], G).to(bf16)
+                    add(name, "int4 g32 prefill", "cuBLAS on dequantized bf16 (reference speed)",
+                        lambda: F.linear(xp, w16), nb16, F.linear(xp, w16), refp, 1)
+                    for cfg in PREFILL4:
+                        add(name, "int4 g32 prefill", label(cfg), lambda: K.int4_mma_launch(xp, *q4[0], G, **cfg),
+                            nb4, K.int4_mma_launch(xp, *q4[0], G, **cfg), refp, 1)
+                del q4
+        for kind in sorted({r["kind"] for r in rows if r["shape"] == name}):
             mine = sorted((r for r in rows if r["shape"] == name and r["kind"] == kind), key=lambda r: r["us"])
-            print(f"\n{name} ({n}x{k}) {kind}, {copies} copies: " + "; ".join(
-                f"{r['variant']} {r['us']:.1f} us {r['gb_s']:.0f} GB/s" for r in mine[:6]), flush=True)
+            print(f"\n{name} ({n}x{k}) {kind}: " + "; ".join(
+                f"{r['variant']} {r['us']:.1f} us {r['gb_s']:.0f} GB/s" for r in mine[:4]), flush=True)
             for r in mine:
-                if not r["variant"].startswith("triton"):
+                if not r["variant"].startswith("triton") or r is mine[0] or "asm=False" in r["variant"]:
                     print(f"   {r['variant']}: {r['us']:.1f} us {r['gb_s']:.0f} GB/s err {r['rel_err']:.1e}", flush=True)
             bad = [r for r in mine if r["rel_err"] > 2e-2]
             if bad:
                 print(f"   ERROR: {len(bad)} variants off by > 2e-2, e.g. {bad[0]}", flush=True)
-        del ws, q8
+        del ws
         torch.cuda.empty_cache()
     print("\nbest launch shape over wqkv, wo, w13, w2 together (sum of us):")
-    for kind in ("int8",):
-        totals = {}
-        for r in rows:
-            if r["kind"] == kind and r["variant"].startswith("triton") and r["shape"] != "output":
-                totals.setdefault(r["variant"], []).append(r["us"])
-        best = sorted((sum(v), cfg) for cfg, v in totals.items() if len(v) == 4)[:5]
-        print(kind, "; ".join(f"{cfg}: {t:.1f} us" for t, cfg in best), flush=True)
+    best = {}
+    for kind in sorted({r["kind"] for r in rows if r["kind"] != "bf16"}):
+        ranked = best_configs(rows, kind, 5, with_totals=True)
+        print(kind, "; ".join(f"{label(cfg)}: {t:.1f} us" for t, cfg in ranked), flush=True)
+        ref = [r for r in rows if r["kind"] == kind and r["variant"] == "tinygemm"]
+        if ref:
+            print(f"   tinygemm: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
+        if ranked:
+            best["int8" if kind == "int8" else "int4 prefill" if "prefill" in kind else int(kind[6:])] = ranked[0][1]
+    if a.configs_out and best:
+        a.configs_out.write_text(json.dumps({str(k): v for k, v in best.items()}, indent=1))
     if a.json:
         a.json.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows),
                                      indent=1))
+
+
+def best_configs(rows, kind, n, with_totals=False):
+    """The n launch shapes with the smallest total time over the shapes that every one of them ran."""
+    totals = {}
+    for r in rows:
+        if r["kind"] == kind and r["variant"].startswith("triton") and r["shape"] != "output":
+            totals.setdefault(r["variant"], []).append(r["us"])
+    most = max((len(v) for v in totals.values()), default=0)
+    ranked = sorted((sum(v), cfg) for cfg, v in totals.items() if len(v) == most)[:n]
+
+    def parse(variant):  # "triton A=1,B=2" -> dict
+        return {k: (v == "True") if v in ("True", "False") else int(v)
+                for k, v in (kv.split("=") for kv in variant[len("triton "):].split(","))}
+    return [(t, parse(v)) for t, v in ranked] if with_totals else [parse(v) for _, v in ranked]
 
 
 if __name__ == "__main__":

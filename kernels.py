@@ -146,8 +146,8 @@ def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groups
     K_pad = 2 * weight.shape[1]
     if x.shape[-1] != K_pad:  # layers whose width is not a multiple of the group size are zero-padded
         x = F.pad(x, (0, K_pad - x.shape[-1]))
-    if USE_TRITON and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):  # any number of rows
-        return torch.ops.gptfast.int4_mm(x, weight, scales, zeros, groupsize)
+    if _use_triton(x):
+        return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize)
     if x.numel() == x.shape[-1] and torch.compiler.is_compiling():
         return int4_row(x, weight, scales, zeros, groupsize)
     return F.linear(x, dequantize_int4(weight, scales, zeros, groupsize).to(x.dtype))
@@ -181,13 +181,12 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # int4 (4, 1024, 4) read 1041-1201 GB/s (2026-11-22), slower than tinygemm, which therefore serves int4
 # on CUDA where it can (quantize.pack_for_device); this kernel takes the layers it cannot.
 CONFIGS = {"int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
-           **{G: dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=2) for G in (32, 64, 128, 256)},
-           "int4 prefill": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=3)}
+           **{G: dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
     with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
-        CONFIGS.update({int(k) if k.isdigit() else k: v for k, v in json.load(f).items()})
+        CONFIGS.update({k if k == "int8" else int(k): v for k, v in json.load(f).items()})
 
 _warned = False
 
@@ -230,104 +229,57 @@ if triton is not None:
         y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
-    # int4 -> 16-bit weights for tl.dot, 4 bytes (8 weights) per instance: prmt spreads bytes 0, 1 (then 2, 3)
-    # into the two halves of a register, lop3 puts a nibble into the mantissa of bf16 128.0 (bits 0x4300:
-    # the value 128 + q, exact), then two bf16x2 FMAs make (q - 8) * s + z, rounded once.
-    _DEQUANT_BF16_ASM = tl.constexpr("""{
-    .reg .b32 t0, t1, u0, u1, a0, a1, b0, b1, one, m136, zero;
-    mov.b32 one, 0x3F803F80;
-    mov.b32 m136, 0xC308C308;
-    mov.b32 zero, 0;
-    prmt.b32 t0, $4, zero, 0x4140;
-    prmt.b32 t1, $4, zero, 0x4342;
-    shr.b32 u0, t0, 4;
-    shr.b32 u1, t1, 4;
-    lop3.b32 a0, t0, 0x000F000F, 0x43004300, 0xEA;
-    lop3.b32 a1, t1, 0x000F000F, 0x43004300, 0xEA;
-    lop3.b32 b0, u0, 0x000F000F, 0x43004300, 0xEA;
-    lop3.b32 b1, u1, 0x000F000F, 0x43004300, 0xEA;
-    fma.rn.bf16x2 a0, a0, one, m136;
-    fma.rn.bf16x2 a1, a1, one, m136;
-    fma.rn.bf16x2 b0, b0, one, m136;
-    fma.rn.bf16x2 b1, b1, one, m136;
-    fma.rn.bf16x2 $0, a0, $5, $7;
-    fma.rn.bf16x2 $1, a1, $6, $8;
-    fma.rn.bf16x2 $2, b0, $5, $7;
-    fma.rn.bf16x2 $3, b1, $6, $8;
-    }""")
-
     @triton.jit
-    def _dequant_int4(b, s, z, ASM: tl.constexpr):
-        # b uint8 (BN, NG, H), s and z (BN, NG, 1) -> w of the low and of the high nibbles, in s's dtype
-        s, z = tl.broadcast_to(s, b.shape), tl.broadcast_to(z, b.shape)
-        if ASM:
-            return tl.inline_asm_elementwise(_DEQUANT_BF16_ASM, "=r,=r,=r,=r,r,r,r,r,r", [b, s, z],
-                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-        else:
-            sf, zf = s.to(tl.float32), z.to(tl.float32)
-            w_lo = _nibble_minus_8(b.to(tl.int32) & 15) * sf + zf
-            w_hi = _nibble_minus_8(b.to(tl.int32) >> 4) * sf + zf
-            return w_lo.to(s.dtype), w_hi.to(s.dtype)
-
-    @triton.jit
-    def _int4_mma_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, stride_xm, G: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         ASM: tl.constexpr, PDL: tl.constexpr):
-        # y (M, N) = x (M, K) @ w^T on the tensor cores: each step dequantizes a (BLOCK_N, BLOCK_K) tile of w
-        # to 16 bits in registers and multiplies it with x's (BLOCK_K, BLOCK_M) tile (x rows past M are zero:
-        # a decode step's one row is padded to the 16 rows an MMA needs). The low and high nibbles of a
-        # byte are two column slices of a group (pack_int4), so each step is two products.
+    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, G: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+        # Tiles are 3-D (rows, groups, bytes of a group); a step covers BLOCK_K columns, i.e. NG groups.
+        # Like the int8 kernel, products accumulate element-wise and are reduced once after the loop:
+        # no reduction (and no shared-memory round trip) inside it.
         NG: tl.constexpr = BLOCK_K // G
         H: tl.constexpr = G // 2
         KB = K // 2
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
-        m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-        g, j = tl.arange(0, NG), tl.arange(0, H)
-        i = tl.arange(0, BLOCK_K // 2)  # position in the step's low (or high) slice: group i // H, column i % H
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        g = tl.arange(0, NG)
+        j = tl.arange(0, H)
+        acc = tl.zeros((BLOCK_N, NG, H), dtype=tl.float32)
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is the previous kernel's output
         for k0 in range(0, K, BLOCK_K):
-            groups = k0 // G + g
+            groups = k0 // G + g  # (NG,)
             g_ok = groups < K // G
-            b = tl.load(w_ptr + rows[:, None, None] * KB + (groups[:, None] * H + j[None, :])[None, :, :],
-                        mask=row_ok[:, None, None] & g_ok[None, :, None], other=0)  # (BLOCK_N, NG, H) uint8
-            sg = rows[:, None] * (K // G) + groups[None, :]
+            col = groups[:, None] * G + j[None, :]  # (NG, H) column of each low nibble; + H for the high one
+            x_lo = tl.load(x_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            x_hi = tl.load(x_ptr + col + H, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            byte = groups[:, None] * H + j[None, :]  # (NG, H) byte within a row
+            ok = row_ok[:, None, None] & g_ok[None, :, None]
+            b = tl.load(w_ptr + rows[:, None, None] * KB + byte[None, :, :], mask=ok, other=0)  # (BLOCK_N, NG, H) uint8
+            sg = rows[:, None] * (K // G) + groups[None, :]  # (BLOCK_N, NG)
             sg_ok = row_ok[:, None] & g_ok[None, :]
-            s = tl.load(s_ptr + sg, mask=sg_ok, other=0.0)[:, :, None]
-            z = tl.load(z_ptr + sg, mask=sg_ok, other=0.0)[:, :, None]
-            w_lo, w_hi = _dequant_int4(b, s, z, ASM)
-            col = (k0 // G + i // H) * G + i % H  # x's column for each low-nibble position; + H for the high
-            x_at = x_ptr + m[None, :] * stride_xm + col[:, None]
-            x_ok = (m[None, :] < M) & (col[:, None] < K)
-            x_lo = tl.load(x_at, mask=x_ok, other=0.0).to(w_lo.dtype)  # (BLOCK_K // 2, BLOCK_M)
-            x_hi = tl.load(x_at + H, mask=x_ok, other=0.0).to(w_lo.dtype)
-            acc = tl.dot(tl.reshape(w_lo, (BLOCK_N, BLOCK_K // 2)), x_lo, acc)
-            acc = tl.dot(tl.reshape(w_hi, (BLOCK_N, BLOCK_K // 2)), x_hi, acc)
+            s = tl.load(s_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
+            s3, z3 = s[:, :, None], z[:, :, None]
+            w_lo = _nibble_minus_8(b.to(tl.int32) & 15) * s3 + z3
+            w_hi = _nibble_minus_8(b.to(tl.int32) >> 4) * s3 + z3
+            acc += w_lo * x_lo[None, :, :] + w_hi * x_hi[None, :, :]
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        tl.store(y_ptr + m[None, :] * N + rows[:, None], acc.to(y_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & (m[None, :] < M))
-
-    def int4_mma_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
-                        BLOCK_N: int = 16, BLOCK_K: int = 512, num_warps: int = 4, BLOCK_M: int = 16,
-                        num_stages: int = 2, asm: bool | None = None) -> Tensor:
-        """x (M, K_pad) 16-bit -> (M, N). asm: the inline-PTX dequantization (bf16 only; default where it applies)."""
-        M, N, K = x.shape[0], weight.shape[0], 2 * weight.shape[1]
-        if asm is None:
-            asm = x.dtype == scales.dtype == torch.bfloat16 and not os.environ.get("TRITON_INTERPRET")
-        y = torch.empty(M, N, device=x.device, dtype=x.dtype)
-        _int4_mma_kernel[(triton.cdiv(N, BLOCK_N), triton.cdiv(M, BLOCK_M))](
-            x, weight, scales, zeros, y, M, N, K, x.stride(0), G=groupsize, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-            BLOCK_K=max(BLOCK_K, groupsize), ASM=asm, num_warps=num_warps, num_stages=num_stages, **_pdl(x))
-        return y
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
         N, K = weight.shape
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
                                                       num_warps=num_warps, **_pdl(x))
+        return y
+
+    def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
+                         BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
+        N, K = weight.shape[0], 2 * weight.shape[1]
+        y = torch.empty(N, device=x.device, dtype=x.dtype)
+        _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, zeros, y, N, K, G=groupsize, BLOCK_N=BLOCK_N,
+                                                       BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps, **_pdl(x))
         return y
 
     # ------------------------------------------------------------------ decode attention (one query)
@@ -476,22 +428,20 @@ if triton is not None:
     def _(x, weight, scales):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
-    @torch.library.custom_op("gptfast::int4_mm", mutates_args=())
-    def int4_mm(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        cfg = CONFIGS[groupsize] if x2.shape[0] <= 16 else CONFIGS["int4 prefill"]
+    @torch.library.custom_op("gptfast::int4_gemv", mutates_args=())
+    def int4_gemv(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
         try:
-            y = int4_mma_launch(x2, weight, scales, zeros, groupsize, **cfg)
+            y = int4_gemv_launch(x.reshape(-1).contiguous(), weight, scales, zeros, groupsize, **CONFIGS[groupsize])
         except Exception as e:  # noqa: BLE001 -- a Triton release that cannot build it: slower but correct
             global _warned
             if not _warned:
-                print(f"warning: the Triton int4 kernel failed ({type(e).__name__}: {str(e)[:200]}); "
+                print(f"warning: the Triton int4 GEMV failed ({type(e).__name__}: {str(e)[:200]}); "
                       "using the PyTorch path", file=sys.stderr)
                 _warned = True
             return F.linear(x, dequantize_int4(weight, scales, zeros, groupsize).to(x.dtype))
         return y.view(*x.shape[:-1], weight.shape[0])
 
-    @int4_mm.register_fake
+    @int4_gemv.register_fake
     def _(x, weight, scales, zeros, groupsize):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 

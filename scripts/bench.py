@@ -73,7 +73,7 @@ def random_model(cfg: dict, device, dtype, max_seq_len: int, tp=None) -> Transfo
         from tp import shard_model
 
         model = shard_model(model, *tp)
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype).to_empty(device=device)  # allocated in dtype at once (not float32, then a copy)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():

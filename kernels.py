@@ -232,46 +232,40 @@ if triton is not None:
     @triton.jit
     def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, G: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-        # y = w @ x with w = (q - 8) * s + z per group: y = sum over groups of s * (q . x) + (z - 8 s) * sum(x),
-        # so a weight costs three instructions: the scales apply once per group. The packed bytes are read
-        # as 32-bit words, WG per group; nibble p of a word (bits 4p..4p+3: byte p // 2 of the word, low nibble
-        # for even p) is column 4u + p // 2 + (p % 2) * G / 2 of its group (pack_int4). Masked in place and
-        # placed in the mantissa of 2^23, nibble p reads as the float 2^23 + q * 16^(p % 4) (the high half of
-        # the word is shifted down first): one AND-OR, one subtraction, and x is scaled by 16^-(p % 4) instead.
-        # Tiles are (rows, groups, words); x's side of a step is computed once and shared by the BLOCK_N rows.
-        WG: tl.constexpr = G // 8
+        # Tiles are 3-D (rows, groups, bytes of a group); a step covers BLOCK_K columns, i.e. NG groups.
+        # Like the int8 kernel, products accumulate element-wise and are reduced once after the loop:
+        # no reduction (and no shared-memory round trip) inside it.
         NG: tl.constexpr = BLOCK_K // G
-        KW, n_groups = K // 8, K // G
+        H: tl.constexpr = G // 2
+        KB = K // 2
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rows[:, None, None] < N
-        g, u = tl.arange(0, NG)[:, None], tl.arange(0, WG)[None, :]  # (NG, 1), (1, WG)
-        w_at = w_ptr + rows[:, None, None] * KW + (g * WG + u)[None, :, :]
-        w = tl.load(w_at, mask=row_ok & (g < n_groups)[None, :, :], other=0)  # independent of the kernel before
+        row_ok = rows < N
+        g = tl.arange(0, NG)
+        j = tl.arange(0, H)
+        acc = tl.zeros((BLOCK_N, NG, H), dtype=tl.float32)
         if PDL:
-            tl.extra.cuda.gdc_wait()  # x is its output
-        acc = tl.zeros((BLOCK_N, NG), dtype=tl.float32)
+            tl.extra.cuda.gdc_wait()  # x is the previous kernel's output
         for k0 in range(0, K, BLOCK_K):
-            grp = k0 // G + g  # (NG, 1)
-            w_next = tl.load(w_at + (k0 + BLOCK_K) // 8, mask=row_ok & (grp + NG < n_groups)[None, :, :], other=0)
-            col = grp * G + 4 * u  # (NG, WG): column of each word's first nibble
-            hi = w >> 16
-            qx = tl.zeros((BLOCK_N, NG, WG), dtype=tl.float32)
-            x_sum = tl.zeros((NG, WG), dtype=tl.float32)
-            for p in tl.static_range(8):
-                x = tl.load(x_ptr + col + p // 2 + (p % 2) * (G // 2), mask=grp < n_groups, other=0.0).to(tl.float32)
-                x_sum += x
-                word = w if p < 4 else hi
-                q = ((word & (15 << (4 * (p % 4)))) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-                qx += q * (x * (1.0 / (1 << (4 * (p % 4)))))[None, :, :]
-            gi = k0 // G + tl.arange(0, NG)
-            sg, sg_ok = rows[:, None] * n_groups + gi[None, :], (rows[:, None] < N) & (gi[None, :] < n_groups)
+            groups = k0 // G + g  # (NG,)
+            g_ok = groups < K // G
+            col = groups[:, None] * G + j[None, :]  # (NG, H) column of each low nibble; + H for the high one
+            x_lo = tl.load(x_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            x_hi = tl.load(x_ptr + col + H, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            byte = groups[:, None] * H + j[None, :]  # (NG, H) byte within a row
+            ok = row_ok[:, None, None] & g_ok[None, :, None]
+            b = tl.load(w_ptr + rows[:, None, None] * KB + byte[None, :, :], mask=ok, other=0)  # (BLOCK_N, NG, H) uint8
+            sg = rows[:, None] * (K // G) + groups[None, :]  # (BLOCK_N, NG)
+            sg_ok = row_ok[:, None] & g_ok[None, :]
             s = tl.load(s_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
-            acc += tl.sum(qx, axis=2) * s + (z - 8.0 * s) * tl.sum(x_sum, axis=1)[None, :]
-            w = w_next
+            s3, z3 = s[:, :, None], z[:, :, None]
+            w_lo = _nibble_minus_8(b.to(tl.int32) & 15) * s3 + z3
+            w_hi = _nibble_minus_8(b.to(tl.int32) >> 4) * s3 + z3
+            acc += w_lo * x_lo[None, :, :] + w_hi * x_hi[None, :, :]
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=rows < N)
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
         N, K = weight.shape
@@ -284,7 +278,7 @@ if triton is not None:
                          BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
         N, K = weight.shape[0], 2 * weight.shape[1]
         y = torch.empty(N, device=x.device, dtype=x.dtype)
-        _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight.view(torch.int32), scales, zeros, y, N, K, G=groupsize, BLOCK_N=BLOCK_N,
+        _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, zeros, y, N, K, G=groupsize, BLOCK_N=BLOCK_N,
                                                        BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps, **_pdl(x))
         return y
 

@@ -33,8 +33,8 @@ SHAPES = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2":
           "output": (32000, 4096)}  # (N, K)
 GRID8 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
          for bn, bk, nw in itertools.product((1, 2, 4, 8), (512, 1024, 2048), (2, 4, 8)) if 1024 <= bn * bk <= 8192]
-GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # BLOCK_K / num_warps: the columns of a warp's share of a tile
-         for bn, bk, nw in itertools.product((2, 4, 8, 16), (1024, 2048, 4096), (1, 2, 4, 8)) if 512 <= bk // nw <= 2048]
+GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
+         for bn, bk, nw in itertools.product((2, 4, 8, 16), (256, 512, 1024), (2, 4, 8)) if 1024 <= bn * bk <= 8192]
 
 
 def label(cfg: dict) -> str:

@@ -107,20 +107,40 @@ def _all_reduce_hook(module, inputs, output: Tensor) -> Tensor:
 class SymmMemAllReduce:
     """Forward hook for batch-1 decode: PyTorch's one-shot all-reduce through symmetric memory (CUDA,
     one host), meant to have less latency than NCCL for one (1, 1, dim) activation; other shapes
-    (prefill, batches) use NCCL. Opt-in (--all_reduce symm_mem); not yet run on a GPU."""
+    (prefill, batches) use NCCL. Opt-in (--all_reduce symm_mem)."""
 
     def __init__(self, dim: int, dtype, device):
         import torch.distributed._symmetric_memory as symm_mem
 
-        self.group = dist.group.WORLD.group_name
-        self.buf = symm_mem.empty(dim, dtype=dtype, device=device)  # every rank's buffer is mapped in every rank
-        symm_mem.rendezvous(self.buf, self.group)
+        self.group, self.key = dist.group.WORLD.group_name, (dim, dtype, torch.device(device))
+        if self.key not in _symm_bufs:
+            _symm_bufs[self.key] = buf = symm_mem.empty(dim, dtype=dtype, device=device)  # mapped in every rank
+            symm_mem.rendezvous(buf, self.group)
 
     def __call__(self, module, inputs, output: Tensor) -> Tensor:
-        if output.numel() != self.buf.numel() or output.dtype != self.buf.dtype:
+        if (output.numel(), output.dtype, output.device) != self.key:
             return _all_reduce_hook(module, inputs, output)
-        self.buf.copy_(output.view(-1))
-        return torch.ops.symm_mem.one_shot_all_reduce(self.buf, "sum", self.group).view_as(output)
+        return torch.ops.gptfast.symm_mem_all_reduce(output, self.group)
+
+
+# The symmetric buffers, one per (size, dtype, device), made and exchanged between ranks once. The all-reduce
+# is a custom op so that torch.compile sees one opaque call: left to Inductor, symm_mem.one_shot_all_reduce
+# gets an input buffer that Inductor allocates itself under an id drawn from Python's random state, which two
+# compiled models of different sizes can share; the second then failed ("requested allocation size (8192) is
+# different from the size of a previous ...", runs 14 and 24).
+_symm_bufs: dict = {}
+
+
+@torch.library.custom_op("gptfast::symm_mem_all_reduce", mutates_args=())
+def symm_mem_all_reduce(x: Tensor, group_name: str) -> Tensor:
+    buf = _symm_bufs[(x.numel(), x.dtype, x.device)]
+    buf.copy_(x.reshape(-1))
+    return torch.ops.symm_mem.one_shot_all_reduce(buf, "sum", group_name).view(x.shape)
+
+
+@symm_mem_all_reduce.register_fake
+def _(x, group_name):
+    return torch.empty_like(x)
 
 
 def _finish(model: Transformer, rank: int, all_reduce: str, dtype, device) -> Transformer:

@@ -93,7 +93,14 @@ class Int4Linear(nn.Module):
 def pack_for_device(model: nn.Module) -> None:
     """After loading onto a CUDA device: repack int4 layers for PyTorch's int4 kernel (tinygemm), which
     reads them faster than kernels.py's Triton GEMV (BENCHMARKS.md); layers it cannot take keep the
-    portable layout. The packed model cannot be saved: checkpoints are written before this step."""
+    portable layout. The packed model cannot be saved: checkpoints are written before this step.
+
+    tinygemm dequantizes the whole matrix for every 16 rows of input, so long prompts are slow: on an H100 a
+    2048-token prompt to the 7B shape took 918 ms, against 68 ms on the portable layout (dequantize once, then
+    cuBLAS), whose batch-1 decode after it is slower (214 vs 278 tok/s; BENCHMARKS.md). GPTFAST_NO_TINYGEMM=1
+    keeps the portable layout, for long prompts."""
+    if os.environ.get("GPTFAST_NO_TINYGEMM"):
+        return
     for m in model.modules():
         if isinstance(m, Int4Linear):
             m.pack_for_cuda()

@@ -283,8 +283,7 @@ def main(argv=None):
 
             bits, _, group = mode.partition("-g")
             quantize_model(model, bits, int(group or 32))
-            if not os.environ.get("GPTFAST_NO_TINYGEMM"):  # to time kernels.py's Triton int4 GEMV instead
-                pack_for_device(model)
+            pack_for_device(model)  # as the loader does (GPTFAST_NO_TINYGEMM=1: the portable layout)
         return model
 
     source = str(a.checkpoint or a.shape) + (f", tensor parallel over {world} GPUs (GB/s per GPU)" if tp else "")

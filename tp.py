@@ -112,6 +112,9 @@ class SymmMemAllReduce:
     def __init__(self, dim: int, dtype, device):
         import torch.distributed._symmetric_memory as symm_mem
 
+        if torch.device(device).type != "cuda":
+            raise UsageError(f"--all_reduce symm_mem needs the model on a CUDA device, not {device}: build a meta "
+                             "shard with the NCCL all-reduce, move it to the GPU, then call tp.set_all_reduce")
         self.group, self.key = dist.group.WORLD.group_name, (dim, dtype, torch.device(device))
         if self.key not in _symm_bufs:
             _symm_bufs[self.key] = buf = symm_mem.empty(dim, dtype=dtype, device=device)  # mapped in every rank
@@ -143,19 +146,27 @@ def _(x, group_name):
     return torch.empty_like(x)
 
 
-def _finish(model: Transformer, rank: int, all_reduce: str, dtype, device) -> Transformer:
-    """Add the all-reduce after attention and FFN (whose last layers are row-parallel) and keep those
-    layers' biases on rank 0 only (added once). The hooks sit on the parent modules so that they stay
-    when quantize.py later swaps wo and w2 for quantized layers."""
+def set_all_reduce(model: Transformer, all_reduce: str = "nccl") -> Transformer:
+    """Add (or replace) the all-reduce after attention and FFN, whose last layers are row-parallel, for the
+    model's dtype and device; a shard built on the meta device gets symm_mem's once it is on the GPU. The
+    hooks sit on the parent modules so that they stay when quantize.py later swaps wo and w2."""
     if all_reduce not in ("nccl", "symm_mem"):
         raise UsageError(f"unknown all-reduce {all_reduce!r}: choose nccl or symm_mem")
-    hook = SymmMemAllReduce(model.args.dim, dtype, device) if all_reduce == "symm_mem" else _all_reduce_hook
+    emb = model.tok_embeddings.weight
+    hook = SymmMemAllReduce(model.args.dim, emb.dtype, emb.device) if all_reduce == "symm_mem" else _all_reduce_hook
+    for handle in getattr(model, "_all_reduce_hooks", ()):
+        handle.remove()
+    model._all_reduce_hooks = [parent.register_forward_hook(hook)
+                               for layer in model.layers for parent in (layer.attention, layer.feed_forward)]
+    return model
+
+
+def _drop_biases(model: Transformer, rank: int) -> None:
+    """The row-parallel layers' biases stay on rank 0 only (added once, after the all-reduce)."""
     for layer in model.layers:
-        for parent, linear in ((layer.attention, layer.attention.wo), (layer.feed_forward, layer.feed_forward.w2)):
+        for linear in (layer.attention.wo, layer.feed_forward.w2):
             if rank != 0 and getattr(linear, "bias", None) is not None:
                 linear.bias = None
-            parent.register_forward_hook(hook)
-    return model
 
 
 def _dropped(name: str, rank: int) -> bool:
@@ -190,10 +201,10 @@ def shard_model(model: Transformer, rank: int, world_size: int, all_reduce: str 
 
 
 def _load_into(shard: Transformer, state: dict[str, Tensor], rank: int, all_reduce: str, path="model") -> Transformer:
-    """Add the hooks (dropping the biases other ranks add), then check and assign the rank's tensors."""
-    emb = state["tok_embeddings.weight"]
-    _finish(shard, rank, all_reduce, emb.dtype, emb.device)  # drops biases first: the check must not expect them
-    return assign_weights(shard, state, path)
+    """Drop the biases other ranks add (first: the check must not expect them), check and assign the rank's
+    tensors, then add the all-reduce hooks."""
+    _drop_biases(shard, rank)
+    return set_all_reduce(assign_weights(shard, state, path), all_reduce)
 
 
 def load_sharded(checkpoint: str | Path, device, dtype, rank: int, world_size: int, all_reduce: str = "nccl"):

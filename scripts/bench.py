@@ -64,7 +64,7 @@ def shape_config(shape: str) -> dict:
 
 def random_model(cfg: dict, device, dtype, max_seq_len: int, tp=None) -> Transformer:
     """A model of cfg's shape with random normal(0, 0.02) weights (never zeros: they run unrealistically fast).
-    tp=(rank, world_size): only this rank's tensor-parallel shard is allocated."""
+    tp=(rank, world_size[, all_reduce]): only this rank's tensor-parallel shard is allocated."""
     args = ModelArgs.from_hf_config(cfg)
     args.max_seq_len = max(args.max_seq_len, max_seq_len)  # RoPE extends; lets a 4k model time 8k contexts
     with torch.device("meta"):
@@ -72,7 +72,7 @@ def random_model(cfg: dict, device, dtype, max_seq_len: int, tp=None) -> Transfo
     if tp is not None:
         from tp import shard_model
 
-        model = shard_model(model, *tp)
+        model = shard_model(model, *tp[:2])  # on the meta device, with the NCCL all-reduce
     model = model.to(dtype).to_empty(device=device)  # allocated in dtype at once (not float32, then a copy)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
@@ -83,6 +83,10 @@ def random_model(cfg: dict, device, dtype, max_seq_len: int, tp=None) -> Transfo
                 p.normal_(0, 0.02, generator=gen)
     if model.args.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
+    if tp is not None and len(tp) > 2 and tp[2] != "nccl":
+        from tp import set_all_reduce
+
+        set_all_reduce(model, tp[2])  # its buffers need the model's device and dtype
     return model.eval()
 
 
@@ -242,12 +246,16 @@ def main(argv=None):
                    "quantized (int8, int4, ...), the target itself (self), or prompt lookup (lookup)")
     p.add_argument("--speculate_k", type=int, default=5)
     p.add_argument("--profile", action="store_true", help="print the top kernels of 20 decode steps (first case)")
+    p.add_argument("--all_reduce", choices=["nccl", "symm_mem"], default="nccl",
+                   help="under torchrun: tp.py's all-reduce (symm_mem: CUDA, one host)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--_probe", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         raise g.UsageError("--device cuda but no CUDA GPU is available: use --device cpu (with --shape tiny)")
     device, dtype = a.device, torch.bfloat16 if a.device == "cuda" else torch.float32
+    if a.all_reduce == "symm_mem" and (device != "cuda" or "WORLD_SIZE" not in os.environ):
+        raise g.UsageError("--all_reduce symm_mem needs --device cuda and torchrun (tensor parallelism)")
     # Tensor-parallel mode when launched by torchrun: every rank builds and times its shard, rank 0 reports.
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     tp = None
@@ -257,7 +265,7 @@ def main(argv=None):
         if device == "cuda":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        tp = (rank, world)
+        tp = (rank, world, a.all_reduce)
         torch.manual_seed(0)  # every rank samples the same tokens from the same logits
         if rank != 0:
             sys.stdout = sys.stderr = open(os.devnull, "w")
@@ -286,7 +294,9 @@ def main(argv=None):
             pack_for_device(model)  # as the loader does (GPTFAST_NO_TINYGEMM=1: the portable layout)
         return model
 
-    source = str(a.checkpoint or a.shape) + (f", tensor parallel over {world} GPUs (GB/s per GPU)" if tp else "")
+    backend = a.all_reduce if device == "cuda" else "gloo"
+    source = str(a.checkpoint or a.shape) + (f", tensor parallel over {world} GPUs, {backend} all-reduce (GB/s per GPU)"
+                                             if tp else "")
     if a._probe:  # fresh-process warm start: build, compile (from cache), first token, exit
         t_built = time.perf_counter()
         model = build(modes[0])

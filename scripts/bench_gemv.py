@@ -6,9 +6,9 @@ For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as 
 the model: coordinate descent tuning, programmatic dependent launch; also with the RMSNorm in front, as wqkv
 and w13 run in the model); for int8 weights kernels.py's Triton GEMV over a grid of launch shapes; for int4
 (groups of 32, 64, 128) PyTorch's tinygemm (aten._weight_int4pack_mm) and kernels.py's int4 GEMV over a grid
-of launch shapes, and at 2048 rows (prefill) tinygemm against the PyTorch path (dequantize, then cuBLAS). Each timing replays a CUDA graph of one
-product per copy of the weights (copies enough to exceed the 50 MB L2), so the kernels' starts and ends overlap
-as in a decode step. Prints the variants per shape, best first, and the launch shape that is best over the
+of launch shapes, and at 2048 rows (prefill) tinygemm against the PyTorch path (dequantize, then cuBLAS).
+Each timing replays a CUDA graph of one product per copy of the weights (copies enough to exceed the 50 MB
+L2), so the kernels' starts and ends overlap as in a decode step. Prints the variants per shape, best first, and the launch shape that is best over the
 four products of a block together; --configs_out writes those (for GPTFAST_GEMV_CONFIGS).
 """
 import argparse
@@ -49,6 +49,8 @@ def main():
     p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes")
     a = p.parse_args()
     kinds = a.kinds.split(",")
+    if not set(kinds) <= {"bf16", "int8", "int4"}:
+        p.error(f"--kinds {a.kinds}: choose from bf16, int8, int4")
     dev, bf16 = "cuda", torch.bfloat16
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}", flush=True)
     torch._dynamo.config.cache_size_limit = 64
@@ -97,7 +99,7 @@ def main():
             for G in groups:
                 kind = f"int4 g{G}"
                 c4 = copies * 3  # 3.5x fewer bytes than bf16 a copy
-                q4 = [Q.quantize_int4(ws[i % copies] + 1e-3 * i, G) for i in range(c4)]
+                q4 = [Q.quantize_int4(ws[i % copies], G) for i in range(c4)]  # equal copies, separate memory
                 nb4 = n * k // 2 + 2 * n * (k // G) * 2
                 ref4 = x.float() @ K.dequantize_int4(*q4[0], G).t()
                 try:
@@ -108,8 +110,7 @@ def main():
                 except RuntimeError as e:
                     print(f"tinygemm failed: {str(e)[:200]}", flush=True)
                 xv = x.view(-1)
-                grid = GRID4 if G == 32 else [dict(c) for c in best_configs(rows, "int4 g32", 4)]
-                for cfg in grid:
+                for cfg in GRID4:
                     if in_budget(kind):
                         add(name, kind, label(cfg), lambda: [K.int4_gemv_launch(xv, *q, G, **cfg) for q in q4], nb4,
                             K.int4_gemv_launch(xv, *q4[0], G, **cfg), ref4, c4)
@@ -134,16 +135,16 @@ def main():
                 print(f"   ERROR: {len(bad)} variants off by > 2e-2, e.g. {bad[0]}", flush=True)
         del ws
         torch.cuda.empty_cache()
-    print("\nbest launch shape over wqkv, wo, w13, w2 together (sum of us):")
+    print("\nbest launch shapes over the block's products (wqkv, wo, w13, w2) together, sum of us:")
     best = {}
     for kind in sorted({r["kind"] for r in rows if r["kind"] not in ("bf16", "int4 g32 prefill")}):
-        ranked = best_configs(rows, kind, 5, with_totals=True)
-        print(kind, "; ".join(f"{label(cfg)}: {t:.1f} us" for t, cfg in ranked), flush=True)
+        ranked, shapes = best_configs(rows, kind, 5)
+        print(f"{kind} ({shapes} shapes):", "; ".join(f"{label(cfg)}: {t:.1f} us" for t, cfg in ranked), flush=True)
         ref = [r for r in rows if r["kind"] == kind and r["variant"] == "tinygemm"]
         if ref:
             print(f"   tinygemm: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
         if ranked:
-            best["int8" if kind == "int8" else int(kind[6:])] = ranked[0][1]
+            best["int8" if kind == "int8" else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32
     if a.configs_out and best:
         a.configs_out.write_text(json.dumps({str(k): v for k, v in best.items()}, indent=1))
     if a.json:
@@ -151,18 +152,18 @@ def main():
                                      indent=1))
 
 
-def best_configs(rows, kind, n, with_totals=False):
-    """The n launch shapes with the smallest total time over the shapes that every one of them ran."""
+def best_configs(rows, kind, n):
+    """[(total us, launch shape)] for the n shapes with the smallest total over the layer shapes that every
+    one of them ran (all four unless --budget_s stopped the sweep), and that number of layer shapes."""
     totals = {}
     for r in rows:
         if r["kind"] == kind and r["variant"].startswith("triton") and r["shape"] != "output":
             totals.setdefault(r["variant"], []).append(r["us"])
     most = max((len(v) for v in totals.values()), default=0)
     ranked = sorted((sum(v), cfg) for cfg, v in totals.items() if len(v) == most)[:n]
-
-    def parse(variant):  # "triton A=1,B=2" -> dict
-        return {k: int(v) for k, v in (kv.split("=") for kv in variant[len("triton "):].split(","))}
-    return [(t, parse(v)) for t, v in ranked] if with_totals else [parse(v) for _, v in ranked]
+    # "triton A=1,B=2" -> dict(A=1, B=2)
+    return [(t, {k: int(v) for k, v in (kv.split("=") for kv in cfg[len("triton "):].split(","))})
+            for t, cfg in ranked], most
 
 
 if __name__ == "__main__":

@@ -122,8 +122,7 @@ def main():
     idx, pos = torch.randint(0, 512, (1, 9), device=dev, generator=gen), torch.arange(9, device=dev)
     with torch.no_grad():
         ref = [m(idx, pos).float(), m(idx[:, :1], pos[:1]).float()]  # a prompt, then one decode step
-        Q.pack_for_device(m)
-        packed = sum(hasattr(x, "packed") for x in m.modules())
+        packed = sum(x.pack_for_cuda() for x in m.modules() if isinstance(x, Q.Int4Linear))  # pack_for_device's step
         out = [m(idx, pos).float(), m(idx[:, :1], pos[:1]).float()]
     err = max(((o - r).abs().max() / r.abs().max()).item() for o, r in zip(out, ref))
     ok &= packed == 2 * 4 + 1 and err < 2e-2

@@ -23,6 +23,8 @@ def test_bench_without_gpu_or_with_bad_shape():
         assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("scripts/bench.py", "--shape", "gpt-5", "--device", "cpu")
     assert r.returncode == 2 and "unknown --shape" in r.stderr
+    r = run_cli("scripts/bench.py", "--all_reduce", "symm_mem", "--device", "cpu")
+    assert r.returncode == 2 and "--all_reduce symm_mem needs --device cuda and torchrun" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bench_speculative_row(tmp_path):

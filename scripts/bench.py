@@ -158,15 +158,18 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def warm_start(argv: list[str]) -> float:
-    """Seconds for a fresh process to build the model and reach its first compiled token, cache warm."""
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, __file__, *argv, "--_probe"], capture_output=True, text=True)
+def warm_start(argv: list[str]) -> tuple[float, float]:
+    """Seconds from launching a fresh process (compile cache warm) until it has its first compiled tokens, and
+    until it has exited (tearing down CUDA and the compile workers takes seconds more)."""
+    t0 = time.time()  # wall clock: the probe reads it too (GPTFAST_PROBE_T0)
+    r = subprocess.run([sys.executable, __file__, *argv, "--_probe"], capture_output=True, text=True,
+                       env={**os.environ, "GPTFAST_PROBE_T0": repr(t0)})
     if r.returncode != 0:
         print(r.stderr[-2000:], file=sys.stderr)
-        return float("nan")
+        return float("nan"), float("nan")
     print("".join(line for line in r.stderr.splitlines(True) if line.startswith("probe:")), end="", file=sys.stderr)
-    return time.perf_counter() - t0
+    first = [float(line.split()[4]) for line in r.stderr.splitlines() if line.startswith("probe: first tokens at")]
+    return (first[0] if first else float("nan")), time.time() - t0
 
 
 def speculative_row(model, a, device, sampling, decode_row, build) -> dict:
@@ -309,6 +312,8 @@ def main(argv=None):
                    **samplings["default"])
         sync(device)  # the first token and one compiled decode step are done
         t_done = time.perf_counter()
+        since_launch = time.time() - float(os.environ["GPTFAST_PROBE_T0"])
+        print(f"probe: first tokens at {since_launch:.2f} s after launch", file=sys.stderr)
         c = torch._dynamo.utils.counters["inductor"]
         print(f"probe: imports {t_built - T_START:.1f} s, random model {t_model - t_built:.1f} s, compile (cache warm) "
               f"and first tokens {t_done - t_model:.1f} s; inductor graph cache {c['fxgraph_cache_hit']} hits, "
@@ -350,7 +355,8 @@ def main(argv=None):
                   torch=torch.__version__, copy_gb_s=ceiling, rows=rows, command=" ".join(sys.argv),
                   date=time.strftime("%Y-%m-%d"), total_s=time.perf_counter() - t_start)
     if a.warm_start and not a.no_compile and tp is None:
-        result["warm_start_s"] = warm_start([x for x in (argv or sys.argv[1:]) if x != "--warm_start"])
+        result["warm_start_s"], result["warm_start_exit_s"] = warm_start([x for x in (argv or sys.argv[1:])
+                                                                         if x != "--warm_start"])
     save(a.json if rank == 0 else None, result)
     print(table(result))
 
@@ -364,7 +370,8 @@ def save(path: Path | None, result: dict) -> None:
 
 def table(result) -> str:
     lines = [f"{result['source']} | {result['device']} | torch {result['torch']} | copy {result['copy_gb_s']:.0f} GB/s"
-             + (f" | warm start {result['warm_start_s']:.1f} s" if "warm_start_s" in result else ""), "",
+             + (f" | warm start {result['warm_start_s']:.1f} s to first tokens ({result['warm_start_exit_s']:.1f} s to "
+                "exit)" if "warm_start_s" in result else ""), "",
              "| mode | sampling | batch | prompt | tok/s | agg tok/s | GB/s | of ceiling | TTFT ms | compile s | peak GB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:

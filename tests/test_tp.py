@@ -190,3 +190,21 @@ if __name__ == "__main__":
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def test_set_all_reduce_replaces_the_hooks():
+    """One all-reduce per attention and FFN however often the hooks are set (two would add the sum twice);
+    symm_mem on a model that is not on a CUDA device is a clear error that leaves the hooks as they were."""
+    from generate import UsageError
+    from model import ModelArgs, Transformer
+    from tp import set_all_reduce, shard_model
+
+    with torch.device("meta"):
+        full = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=128,
+                                     vocab_size=32))
+    shard = set_all_reduce(shard_model(full, 0, 2), "nccl")
+    hooks = [len(m._forward_hooks) for layer in shard.layers for m in (layer.attention, layer.feed_forward)]
+    assert hooks == [1, 1, 1, 1]
+    with pytest.raises(UsageError, match="needs the model on a CUDA device"):
+        set_all_reduce(shard, "symm_mem")
+    assert [len(m._forward_hooks) for layer in shard.layers for m in (layer.attention, layer.feed_forward)] == hooks

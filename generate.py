@@ -28,7 +28,7 @@ class UsageError(ValueError):
 # ---------------------------------------------------------------------------------------- sampling
 def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None) -> Tensor:
-    """float32 logits / temperature (B, V) with the tokens top-k and top-p (nucleus) filter out at -inf."""
+    """float32 logits / temperature (B, V) with the tokens that top-k and top-p (nucleus) filter out at -inf."""
     if top_k is not None and top_k < logits.shape[-1]:
         # The k-th largest, found on the logits as they come (bf16 from a bf16 model): torch.topk's radix
         # select makes half the passes over 16-bit values that it makes over float32 ones.

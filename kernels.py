@@ -173,9 +173,9 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 
 
 # --------------------------------------------------------------------------- Triton kernels
-# Launch shapes by kind ("int8", or the int4 group size): picked from the sweep in
-# scripts/gpu_check_quant.py on an H100 (see README). GPTFAST_GEMV_CONFIGS=file.json overrides them
-# (the sweep writes such a file), so a benchmark can use freshly measured shapes.
+# Launch shapes by kind ("int8", or the int4 group size): picked from the sweep in scripts/bench_gemv.py
+# on an H100 (see README). GPTFAST_GEMV_CONFIGS=file.json overrides them (bench_gemv.py --configs_out
+# writes such a file), so a benchmark can use freshly measured shapes.
 # int8: scripts/bench_gemv.py on an H100 (2026-11-27, torch 2.11, Triton 3.6; BENCHMARKS.md): (4, 1024, 2)
 # moves the four products of a 7B block at 2.0-2.7 TB/s, 82.8 us a block against 88.5 for (8, 1024, 4).
 # int4 (4, 1024, 4) read 1041-1201 GB/s (2026-11-22), slower than tinygemm, which therefore serves int4

@@ -64,7 +64,7 @@ def shape_config(shape: str) -> dict:
 
 def random_model(cfg: dict, device, dtype, max_seq_len: int, tp=None) -> Transformer:
     """A model of cfg's shape with random normal(0, 0.02) weights (never zeros: they run unrealistically fast).
-    tp=(rank, world_size[, all_reduce]): only this rank's tensor-parallel shard is allocated."""
+    tp=(rank, world_size, all_reduce): only this rank's tensor-parallel shard is allocated."""
     args = ModelArgs.from_hf_config(cfg)
     args.max_seq_len = max(args.max_seq_len, max_seq_len)  # RoPE extends; lets a 4k model time 8k contexts
     with torch.device("meta"):
@@ -72,7 +72,7 @@ def random_model(cfg: dict, device, dtype, max_seq_len: int, tp=None) -> Transfo
     if tp is not None:
         from tp import shard_model
 
-        model = shard_model(model, *tp[:2])  # on the meta device, with the NCCL all-reduce
+        model = shard_model(model, *tp[:2])  # on the meta device (its all-reduce hooks are set below)
     model = model.to(dtype).to_empty(device=device)  # allocated in dtype at once (not float32, then a copy)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
@@ -83,10 +83,10 @@ def random_model(cfg: dict, device, dtype, max_seq_len: int, tp=None) -> Transfo
                 p.normal_(0, 0.02, generator=gen)
     if model.args.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    if tp is not None and len(tp) > 2 and tp[2] != "nccl":
+    if tp is not None:
         from tp import set_all_reduce
 
-        set_all_reduce(model, tp[2])  # its buffers need the model's device and dtype
+        set_all_reduce(model, tp[2])  # for the model's device and dtype (symm_mem's buffers need them)
     return model.eval()
 
 

@@ -1,6 +1,6 @@
 """GPU check of the quantized GEMVs (kernels.py) and of quantize.py's speed; run on the device:
 
-python scripts/gpu_check_quant.py [--sweep] [--budget_s 150] [--json FILE] [--configs_out FILE]
+python scripts/gpu_check_quant.py [--json FILE]
 
 1. Correctness: each Triton GEMV, the compiled PyTorch one-row paths and tinygemm (the layout
    pack_for_device loads int4 layers into on CUDA) against the PyTorch path (dequantize in float32, then
@@ -8,8 +8,8 @@ python scripts/gpu_check_quant.py [--sweep] [--budget_s 150] [--json FILE] [--co
    and after pack_for_device; exit status 1 above a relative error of 1e-2 (2e-2 for the model).
 2. Speed: the four GEMVs of one block (wqkv, wo, w13, w2) over 4 different copies of the weights
    (400+ MB, beyond the 50 MB L2), replayed in a CUDA graph: us per block and GB/s of weight bytes,
-   for bf16 (cuBLAS), tinygemm int4 (aten._weight_int4pack_mm, the baseline) and the Triton kernels
-   (with --sweep: every launch shape of a small grid, best first).
+   for bf16 (cuBLAS), tinygemm int4 (aten._weight_int4pack_mm, the baseline) and the Triton kernels at
+   kernels.py's launch shapes (scripts/bench_gemv.py sweeps the launch shapes).
 3. quantize_model time for the whole 7B shape (int8, int4 g32), GPTQ time of one block (x 32 = estimate).
 """
 import argparse
@@ -66,12 +66,8 @@ def tinygemm_fn(packed, scales, zeros, G):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--sweep", action="store_true")
-    p.add_argument("--budget_s", type=float, default=150, help="stop sweeping after this long")
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes (GPTFAST_GEMV_CONFIGS)")
     a = p.parse_args()
-    t_start = time.perf_counter()
     dev, bf16 = "cuda", torch.bfloat16
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}", flush=True)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -192,27 +188,6 @@ def main():
         bench(f"int4 g{G} triton default " + str(K.CONFIGS[G]),
               lambda n, c: ((lambda x, t=quantized(G, n, c): K.int4_gemv_launch(x.view(-1), *t, G, **K.CONFIGS[G])),
                             nbytes(*quantized(G, n, c))))
-    if a.sweep:
-        best = {}
-        grid = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw) for bn in (4, 8, 16) for bk in (256, 512, 1024) for nw in (4, 8)]
-        for kind in (8, 32, 64, 128):
-            for cfg in grid:
-                if time.perf_counter() - t_start > a.budget_s:
-                    print("sweep stopped: --budget_s reached", flush=True)
-                    break
-                if kind == 8:
-                    make = lambda n, c, cfg=cfg: ((lambda x, t=quantized(8, n, c): K.int8_gemv_launch(x.view(-1), *t, **cfg)),
-                                                  nbytes(*quantized(8, n, c)))
-                else:
-                    make = lambda n, c, cfg=cfg, G=kind: (
-                        (lambda x, t=quantized(G, n, c): K.int4_gemv_launch(x.view(-1), *t, G, **cfg)), nbytes(*quantized(G, n, c)))
-                r = bench(f"{'int8' if kind == 8 else f'int4 g{kind}'} sweep {cfg}", make)
-                key = "int8" if kind == 8 else str(kind)
-                if key not in best or r["gb_s"] > best[key][1]:
-                    best[key] = (cfg, r["gb_s"])
-        print("best launch shapes:", json.dumps(best), flush=True)
-        if a.configs_out:
-            a.configs_out.write_text(json.dumps({k: v[0] for k, v in best.items()}))
     cache.clear()
     del weights
     torch.cuda.empty_cache()

@@ -180,18 +180,6 @@ def test_invalid_split_and_missing_environment(stories_dir):
     assert "Traceback" not in r.stderr
 
 
-if __name__ == "__main__":
-    _worker(*sys.argv[1:])
-    # As tp.py does: skip interpreter teardown, where gloo's threads sometimes abort a rank ("terminate
-    # called without an active exception", seen in CI once in about 10 runs) after its work is done.
-    import torch.distributed as dist
-
-    dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def test_set_all_reduce_replaces_the_hooks():
     """One all-reduce per attention and FFN however often the hooks are set (two would add the sum twice);
     symm_mem on a model that is not on a CUDA device is a clear error that leaves the hooks as they were."""
@@ -208,3 +196,16 @@ def test_set_all_reduce_replaces_the_hooks():
     with pytest.raises(UsageError, match="needs the model on a CUDA device"):
         set_all_reduce(shard, "symm_mem")
     assert [len(m._forward_hooks) for layer in shard.layers for m in (layer.attention, layer.feed_forward)] == hooks
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:])
+    # As tp.py does: skip interpreter teardown, where gloo's threads sometimes abort a rank ("terminate
+    # called without an active exception", seen in CI once in about 10 runs) after its work is done.
+    import torch.distributed as dist
+
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+

@@ -1,6 +1,7 @@
 """The Triton kernels of the decode step, each with a PyTorch path that is its reference and runs wherever
 the kernel does not (CPU, no Triton, shapes it does not take):
 - matmuls with quantized weights: GEMVs for batch-1 decode (below; reference paths here);
+- matmuls with 16-bit weights for batched decode (2-16 rows): a skinny product that reads each weight once;
 - decode attention for one new token: RoPE, KV-cache write and flash-decoding attention in one kernel
   (reference: model.Attention's PyTorch path);
 - SwiGLU, as a kernel of its own so that Inductor does not inline it into the w2 product.
@@ -83,6 +84,8 @@ def tinygemm_linear(x: Tensor, packed: Tensor, scales_zeros: Tensor, groupsize: 
 USE_TRITON = triton is not None and not os.environ.get("GPTFAST_NO_TRITON")
 # GPTFAST_NO_DECODE_ATTENTION=1 keeps decode attention on the PyTorch path (RoPE, cache writes, SDPA).
 USE_DECODE_ATTENTION = USE_TRITON and not os.environ.get("GPTFAST_NO_DECODE_ATTENTION")
+# GPTFAST_NO_SKINNY=1 leaves batched decode's 16-bit products to cuBLAS (linear).
+USE_SKINNY = USE_TRITON and not os.environ.get("GPTFAST_NO_SKINNY")
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 
@@ -128,6 +131,17 @@ def swiglu(gate_up: Tensor) -> Tensor:
         return torch.ops.gptfast.swiglu(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear, except for batched decode on CUDA (2 to 16 rows of one token each, 16-bit weights, no bias):
+    the skinny product below. At 8 rows on an H100 it took 152 us per 7B block against cuBLAS's 157 (plus
+    cuBLAS's split-K reduction kernels), and batch-8 decode went from 1337 to 1425 tok/s (BENCHMARKS.md).
+    One row stays with Inductor, whose GEMV has the RMSNorm fused in."""
+    if (USE_SKINNY and x.is_cuda and x.dim() == 3 and x.shape[1] == 1 and 2 <= x.shape[0] <= 16 and bias is None
+            and weight.dtype == x.dtype and x.dtype in (torch.bfloat16, torch.float16)):
+        return torch.ops.gptfast.skinny_mm(x, weight)
+    return F.linear(x, weight, bias)
 
 
 def int8_linear(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
@@ -178,15 +192,18 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # writes such a file), so a benchmark can use freshly measured shapes.
 # int8: scripts/bench_gemv.py on an H100 (2026-11-27, torch 2.11, Triton 3.6; BENCHMARKS.md): (4, 1024, 2)
 # moves the four products of a 7B block at 2.0-2.7 TB/s, 82.8 us a block against 88.5 for (8, 1024, 4).
+# skinny (8 rows): bench_gemv.py --kinds skinny on an H100 (2026-11-27): (16, 128, 2 warps, 5 stages) best over a
+# block, 152.2 us (the next four within 0.8%; cuBLAS 156.8).
 # int4 (4, 1024, 4) read 1041-1201 GB/s (2026-11-22), slower than tinygemm, which therefore serves int4
 # on CUDA where it can (quantize.pack_for_device); this kernel takes the layers it cannot.
 CONFIGS = {"int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
+           "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            **{G: dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
     with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
-        CONFIGS.update({k if k == "int8" else int(k): v for k, v in json.load(f).items()})
+        CONFIGS.update({k if k in ("int8", "skinny") else int(k): v for k, v in json.load(f).items()})
 
 _warned = False
 
@@ -280,6 +297,39 @@ if triton is not None:
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, zeros, y, N, K, G=groupsize, BLOCK_N=BLOCK_N,
                                                        BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps, **_pdl(x))
+        return y
+
+    @triton.jit
+    def _skinny_mm_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+        # y (M, N) = x (M, K) @ w (N, K)^T for a few rows M <= BLOCK_M (batched decode). Each program owns
+        # BLOCK_N rows of w and walks all of K, so every weight is read once whatever M; the rows of x are
+        # padded to BLOCK_M >= 16 for tl.dot (tensor cores: the arithmetic is free here, the bytes are not).
+        # Triton pipelines the loop's loads (num_stages tiles in flight).
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_K)
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # x is the previous kernel's output
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = k0 + cols < K
+            w = tl.load(w_ptr + rows[:, None] * K + k0 + cols[None, :], mask=(rows < N)[:, None] & k_ok[None, :],
+                        other=0.0)
+            x = tl.load(x_ptr + m[:, None] * K + k0 + cols[None, :], mask=(m < M)[:, None] & k_ok[None, :], other=0.0)
+            acc = tl.dot(x, tl.trans(w), acc)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+        tl.store(y_ptr + m[:, None] * N + rows[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=(m < M)[:, None] & (rows < N)[None, :])
+
+    def skinny_mm_launch(x: Tensor, weight: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
+                         num_stages: int) -> Tensor:
+        """x (M, K) contiguous, M <= 16 @ weight (N, K)^T -> (M, N)."""
+        (M, K), N = x.shape, weight.shape[0]
+        y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+        _skinny_mm_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, y, M, N, K, BLOCK_M=max(16, triton.next_power_of_2(M)),
+                                                      BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps,
+                                                      num_stages=num_stages, **_pdl(x))
         return y
 
     # ------------------------------------------------------------------ decode attention (one query)
@@ -426,6 +476,15 @@ if triton is not None:
 
     @int8_gemv.register_fake
     def _(x, weight, scales):
+        return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    @torch.library.custom_op("gptfast::skinny_mm", mutates_args=())
+    def skinny_mm(x: Tensor, weight: Tensor) -> Tensor:
+        y = skinny_mm_launch(x.reshape(-1, x.shape[-1]).contiguous(), weight, **CONFIGS["skinny"])
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @skinny_mm.register_fake
+    def _(x, weight):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @torch.library.custom_op("gptfast::int4_gemv", mutates_args=())

@@ -1,10 +1,12 @@
 """Matrix-vector products of the Llama-2-7B layer shapes, one shape at a time, on the GPU:
 
-python scripts/bench_gemv.py [--kinds bf16,int8,int4] [--budget_s 300] [--json FILE] [--configs_out FILE]
+python scripts/bench_gemv.py [--kinds bf16,skinny,int8,int4] [--rows 8] [--budget_s 300] [--json FILE]
+                             [--configs_out FILE]
 
 For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as compile_regions compiles
 the model: coordinate descent tuning, programmatic dependent launch; also with the RMSNorm in front, as wqkv
-and w13 run in the model); for int8 weights kernels.py's Triton GEMV over a grid of launch shapes; for int4
+and w13 run in the model); for --rows rows of bf16 (skinny: batched decode) cuBLAS and kernels.py's skinny
+kernel over a grid of launch shapes; for int8 weights kernels.py's Triton GEMV over a grid of launch shapes; for int4
 (groups of 32, 64, 128) PyTorch's tinygemm (aten._weight_int4pack_mm) and kernels.py's int4 GEMV over a grid
 of launch shapes, and at 2048 rows (prefill) tinygemm against the PyTorch path (dequantize, then cuBLAS).
 Each timing replays a CUDA graph of one product per copy of the weights (copies enough to exceed the 50 MB
@@ -33,6 +35,8 @@ SHAPES = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2":
           "output": (32000, 4096)}  # (N, K)
 GRID8 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
          for bn, bk, nw in itertools.product((1, 2, 4, 8), (512, 1024, 2048), (2, 4, 8)) if 1024 <= bn * bk <= 8192]
+GRID16 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
+          for bn, bk, nw, ns in itertools.product((16, 32, 64), (64, 128, 256), (2, 4), (3, 4, 5)) if 2048 <= bn * bk <= 16384]
 GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
          for bn, bk, nw in itertools.product((2, 4, 8, 16), (256, 512, 1024), (2, 4, 8)) if 1024 <= bn * bk <= 8192]
 
@@ -44,13 +48,14 @@ def label(cfg: dict) -> str:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--kinds", default="bf16,int8,int4", help="comma-separated: bf16, int8, int4")
+    p.add_argument("--rows", type=int, default=8, help="activation rows for kind skinny (batched decode)")
     p.add_argument("--budget_s", type=float, default=300, help="stop each kind's launch-shape sweep after this long")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes")
     a = p.parse_args()
     kinds = a.kinds.split(",")
-    if not set(kinds) <= {"bf16", "int8", "int4"}:
-        p.error(f"--kinds {a.kinds}: choose from bf16, int8, int4")
+    if not set(kinds) <= {"bf16", "skinny", "int8", "int4"}:
+        p.error(f"--kinds {a.kinds}: choose from bf16, skinny, int8, int4")
     dev, bf16 = "cuda", torch.bfloat16
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}", flush=True)
     torch._dynamo.config.cache_size_limit = 64
@@ -86,6 +91,14 @@ def main():
             add(name, "bf16", "inductor", lambda: [inductor(x, w) for w in ws], nb16, inductor(x, ws[0]), ref, copies)
             add(name, "bf16", "inductor with RMSNorm", lambda: [inductor_norm(x, g, w) for w in ws], nb16,
                 inductor_norm(x, g, ws[0]), rms_norm(x.float(), g.float(), 1e-5) @ ws[0].float().t(), copies)
+        if "skinny" in kinds:  # a.rows rows of one token (batched decode): cuBLAS against the skinny kernel
+            xm = torch.randn(a.rows, 1, k, device=dev, dtype=bf16, generator=gen)
+            refm = xm.view(a.rows, k).float() @ ws[0].float().t()
+            add(name, "skinny", "cuBLAS", lambda: [F.linear(xm, w) for w in ws], nb16, F.linear(xm, ws[0]), refm, copies)
+            for cfg in GRID16:
+                if in_budget("skinny"):
+                    add(name, "skinny", label(cfg), lambda: [K.skinny_mm_launch(xm.view(a.rows, k), w, **cfg) for w in ws],
+                        nb16, K.skinny_mm_launch(xm.view(a.rows, k), ws[0], **cfg), refm, copies)
         if "int8" in kinds:
             q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)]
             ref8 = (x.float() @ q8[0][0].float().t()) * q8[0][1].float()
@@ -138,11 +151,12 @@ def main():
     for kind in sorted({r["kind"] for r in rows if r["kind"] not in ("bf16", "int4 g32 prefill")}):
         ranked, shapes = best_configs(rows, kind, 5)
         print(f"{kind} ({shapes} shapes):", "; ".join(f"{label(cfg)}: {t:.1f} us" for t, cfg in ranked), flush=True)
-        ref = [r for r in rows if r["kind"] == kind and r["variant"] == "tinygemm"]
-        if ref:
-            print(f"   tinygemm: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
+        for base in ("tinygemm", "cuBLAS"):
+            ref = [r for r in rows if r["kind"] == kind and r["variant"] == base and r["shape"] != "output"]
+            if ref:
+                print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
         if ranked:
-            best["int8" if kind == "int8" else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32
+            best[kind if kind in ("int8", "skinny") else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32
     if a.configs_out and best:
         a.configs_out.write_text(json.dumps({str(k): v for k, v in best.items()}, indent=1))
     if a.json:

@@ -5,7 +5,8 @@ python scripts/gpu_check.py [--shape llama-2-7b] [--steps 50]
 On a real-shaped model with random bf16 weights, with generate.py's --compile path (compiled blocks,
 CUDA-graphed decode): greedy tokens equal eager ones, step by step on the same inputs, except at
 genuine bf16 ties; prompts of new lengths cause no recompilation; seeded sampling repeats; prints
-compile time and tokens/s. First, kernels.py's SwiGLU kernel against float64, its fused decode
+compile time and tokens/s. First, kernels.py's SwiGLU kernel against float64, its skinny product (batched
+decode) against float32 and in the model's batch-8 step (error against float32 no larger than cuBLAS's), its fused decode
 attention against a float32 PyTorch reference (several head layouts, left padding, short and long
 caches, one and several slices; repeated calls identical), and the model's logits with and without
 that kernel against float32.
@@ -72,6 +73,39 @@ def check_swiglu() -> bool:
     return err <= bound
 
 
+def check_skinny(model, shape: str) -> bool:
+    """The skinny kernel (batched decode) against float32 products; in the model's batch-8 decode step (kernels.linear's
+    dispatch, eager), its logits' error against a float32 copy of the model no larger than cuBLAS's."""
+    ok, gen = True, torch.Generator(device="cuda").manual_seed(0)
+    for M_, N, K_ in [(2, 4096, 4096), (8, 32000, 4096), (16, 4096, 11008), (5, 12288, 4096)]:
+        x = torch.randn(M_, 1, K_, device="cuda", dtype=torch.bfloat16, generator=gen)
+        w = torch.randn(N, K_, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02
+        ref = x.view(M_, K_).float() @ w.float().t()
+        err = ((K.linear(x, w).view(M_, N).float() - ref).abs().max() / ref.abs().max()).item()
+        print(f"skinny kernel M={M_} N={N} K={K_}: max rel err {err:.1e}")
+        ok &= err < 1e-2
+    B, S = 8, 64
+    idx = torch.randint(0, model.args.vocab_size, (B, 6), device="cuda", generator=gen)
+
+    def step(m):  # a 5-token prefill, then one decode step (B rows of one token): its logits
+        m.setup_caches(B, S)
+        with torch.no_grad():
+            m(idx[:, :5], torch.arange(5, device="cuda"))
+            return m(idx[:, 5:], torch.tensor([5], device="cuda"))[:, -1].float()
+
+    ref = random_model(shape_config(shape), "cuda", torch.float32, S)
+    ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    ref32 = step(ref)
+    del ref
+    err = {}
+    for use in (False, True):
+        K.USE_SKINNY = use
+        err[use] = (step(model) - ref32).abs().max().item()
+    K.USE_SKINNY = True
+    print(f"batch-8 decode, max |logit - float32 logit|: skinny kernel {err[True]:.3f}, cuBLAS {err[False]:.3f}")
+    return ok and err[True] <= 1.5 * err[False] + 0.05
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="llama-2-7b")
@@ -79,6 +113,7 @@ def main():
     a = p.parse_args()
     ok = check_swiglu() & check_decode_attention()
     model = random_model(shape_config(a.shape), "cuda", torch.bfloat16, 256)
+    ok &= check_skinny(model, a.shape)
     model.setup_caches(1, 256)  # one cache for every prompt below
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, model.args.vocab_size, (n,), generator=gen).tolist() for n in (7, 23, 61)]

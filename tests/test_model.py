@@ -101,6 +101,12 @@ for shape in [(3, 200), (1, 1, 5000)]:  # SwiGLU: widths below and above one blo
     gate, up = x.chunk(2, dim=-1)
     torch.testing.assert_close(K.swiglu_launch(x), torch.nn.functional.silu(gate) * up, atol=1e-6, rtol=1e-5)
 
+torch.manual_seed(0)  # the skinny product (batched decode): 2-16 rows, partial blocks of N and K, several launch shapes
+for rows, N, Kd, cfg in [(2, 48, 200, (32, 64, 4, 3)), (8, 64, 256, (16, 128, 2, 5)), (16, 40, 96, (16, 32, 2, 3))]:
+    x, w = torch.randn(rows, Kd, dtype=torch.float16), torch.randn(N, Kd, dtype=torch.float16)
+    y, ref = K.skinny_mm_launch(x, w, *cfg).float(), x.float() @ w.float().T
+    assert (y - ref).abs().max() < 1e-3 * ref.abs().max(), (rows, N, Kd, (y - ref).abs().max())
+
 def run(model, fused, B, prompt_len, row_start, steps=4):
     K.use_decode_attention = lambda qkv, k_cache: fused  # the model's dispatch, forced either way
     for layer in model.layers:
@@ -142,7 +148,8 @@ print("ok")
 
 
 def test_model_kernels_in_interpreter():
-    """kernels.py's kernels for the model, through Triton's CPU interpreter: SwiGLU against F.silu; the fused
+    """kernels.py's kernels for the model, through Triton's CPU interpreter: SwiGLU against F.silu; the skinny
+    product against a float32 matmul; the fused
     decode attention (RoPE, cache write, flash decoding, slice merge) against model.Attention's PyTorch path,
     eager and once compiled with compile_regions."""
     pytest.importorskip("triton")

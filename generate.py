@@ -191,20 +191,24 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int, 
     out, done = [[] for _ in range(B)], [False] * B
     input_pos = torch.tensor([T], device=device)
     cuda = device.type == "cuda"
+
+    def launch_next() -> Tensor:  # clone: a CUDA-graph output is overwritten by the next replay
+        following = decode_fn(model, next_tok.view(B, 1), input_pos, **sampling).clone()
+        input_pos.add_(1)
+        return following
+
     for step in range(max_new_tokens):
-        # The device runs the next step while this step's tokens travel to the host and Python handles them:
-        # the next step is launched before they are read (it takes them on the device), so the device does not
-        # wait for the host between steps. That wait was 0.13-0.25 ms of a 4.8 ms 7B step on an H100; without
-        # it bench.py measured 1.6% more tokens/s at batch 1, 2.4% at batch 8 (BENCHMARKS.md). At an EOS, the
-        # step already launched is wasted.
+        # On CUDA the device runs the next step while this step's tokens travel to the host and Python handles
+        # them: the next step is launched before they are read (it takes them on the device), so the device does
+        # not wait for the host between steps unless the host's work takes longer than a step. That wait was
+        # 0.13-0.25 ms of a 4.8 ms 7B step on an H100; without it bench.py measured 1.6% more tokens/s at batch
+        # 1, 2.4% at batch 8 (BENCHMARKS.md). At an EOS the step already launched is wasted.
         host = next_tok.to("cpu", non_blocking=cuda)  # into pinned memory, in stream order
-        copied = torch.cuda.Event() if cuda else None
         if cuda:
+            copied = torch.cuda.Event()
             copied.record()
-        if step < max_new_tokens - 1:  # clone: a CUDA-graph output is overwritten by the next replay
-            following = decode_fn(model, next_tok.view(B, 1), input_pos, **sampling).clone()
-            input_pos += 1
-        if cuda:
+            if step < max_new_tokens - 1:
+                following = launch_next()
             copied.synchronize()  # this step's tokens only, not the step just launched
         tokens = host.tolist()
         keep_tokens(tokens, out, done, eos_ids)
@@ -212,7 +216,7 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int, 
             callback(step, tokens)
         if all(done) or step == max_new_tokens - 1:
             break
-        next_tok = following
+        next_tok = following if cuda else launch_next()
     model.row_start.zero_()
     return out
 
@@ -379,9 +383,8 @@ def main(argv=None, load_fn=load) -> None:
             print(prompts[0], end="", flush=True)
         first = []
 
-        def on_token(step, tokens):
+        def on_token(step, tokens):  # tokens are on the host: this step is done on the device
             if step == 0:
-                sync()
                 first.append(time.perf_counter())
             if stream is not None and tokens[0] not in tokenizer.eos_ids:
                 print(stream.put(tokens[0]), end="", flush=True)

@@ -139,7 +139,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     cuBLAS's split-K reduction kernels), and batch-8 decode went from 1337 to 1425 tok/s (BENCHMARKS.md).
     One row stays with Inductor, whose GEMV has the RMSNorm fused in."""
     if (USE_SKINNY and x.is_cuda and x.dim() == 3 and x.shape[1] == 1 and 2 <= x.shape[0] <= 16 and bias is None
-            and weight.dtype == x.dtype and x.dtype in (torch.bfloat16, torch.float16)):
+            and weight.dtype == x.dtype and x.dtype in (torch.bfloat16, torch.float16) and weight.is_contiguous()
+            and weight.numel() < 2 ** 31):  # the kernel's offsets are 32-bit
         return torch.ops.gptfast.skinny_mm(x, weight)
     return F.linear(x, weight, bias)
 

@@ -54,9 +54,8 @@ def run(model, n_tokens, decode_fn=generate.decode_one_token, temperature=0.0, t
     model.setup_caches(1, len(PROMPT[0]) + n_tokens)
     first = []
 
-    def on_token(step, _):
+    def on_token(step, _):  # tokens are on the host: this step is done on the device (not the one after it)
         if step == 0:
-            torch.cuda.synchronize()
             first.append(time.perf_counter())
 
     out = generate.generate(model, PROMPT, n_tokens, decode_fn=decode_fn, callback=on_token,

@@ -108,13 +108,14 @@ def compile_regions(model: Transformer) -> None:
         inductor_config.triton.enable_pdl = True  # programmatic dependent launch: a kernel starts while the one
         # before it finishes, hiding most of the ~1 us between kernels (8% faster bf16 decode, BENCHMARKS.md)
     inductor_config.triton.unique_kernel_names = True  # readable names in profiles
-    # A warm process must not tune again what its cache says is tuned. Inductor (torch 2.11) marks a config
-    # found by coordinate descent as tuned, but loses the mark whenever it copies or pickles the config (triton.Config's
+    # A warm process must not tune again what its cache says is tuned. Inductor (torch 2.11) marks a config found
+    # by coordinate descent as tuned, but loses the mark whenever it copies or pickles the config (triton.Config's
     # __setstate__ keeps only its own fields): when a reduction kernel tries a smaller block beside the cached one
-    # (dynamic_scale_rblock) and the copy wins the timing, and when a kernel comes back from a compile worker (PyTorch
-    # #181292). It then tunes again: 2-10 s more, in a third to a half of warm processes (BENCHMARKS.md runs 45-53).
-    # Without the extra block and the workers, neither happens; coordinate descent still tunes the block sizes, and the
-    # blocks compile no slower (runs 50, 53). (On the CPU the workers stay: they compile C++ kernels in parallel.)
+    # (dynamic_scale_rblock) and the copy wins the timing, and when a kernel comes back from a compile worker
+    # (PyTorch #181292). It then tunes again, 2-10 s more, in 1 to 3 of every 4 to 6 warm processes measured
+    # (BENCHMARKS.md runs 45-53). Without the extra block and the workers, neither happens; coordinate descent still
+    # tunes the block sizes, and cold compiles took 27-39 s, as with both (runs 50, 53-55). (On the CPU the
+    # workers stay: they build C++ in parallel.)
     if "TORCHINDUCTOR_DYNAMIC_SCALE_RBLOCK" not in os.environ:
         inductor_config.dynamic_scale_rblock = False
     if model.tok_embeddings.weight.is_cuda and "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
@@ -122,9 +123,12 @@ def compile_regions(model: Transformer) -> None:
     # Triton's on-disk cache keys a kernel by the ptxas that builds it, and Inductor switches Triton to torch's own
     # ptxas only when it compiles a kernel: in a process that loads every graph from the cache it never does, so
     # Triton built all 19 kernels of a 7B step again there (3 s; BENCHMARKS.md run 55). Switch it first, everywhere.
-    from torch._inductor.runtime import compile_tasks
+    try:
+        from torch._inductor.runtime.compile_tasks import _set_triton_ptxas_path
 
-    getattr(compile_tasks, "_set_triton_ptxas_path", lambda: None)()
+        _set_triton_ptxas_path()
+    except ImportError:  # a torch without it
+        pass
     for layer in model.layers:
         if layer._compiled_call_impl is None:
             layer.compile(fullgraph=True)

@@ -99,7 +99,8 @@ def compile_regions(model: Transformer) -> None:
     """Regional compilation: each transformer block is compiled, and one compile serves every layer
     (25 s for a 7B model on an H100, against 84 s compiling the whole step; BENCHMARKS.md); so are the
     final norm and the output layer. Prompts and verification passes (more than one token) share one
-    graph with a dynamic length (Transformer.forward). Compiling an already compiled model does nothing."""
+    graph with a dynamic length (Transformer.forward); two for int8 on CUDA, up to 16 tokens and more
+    (kernels.int8_linear). Compiling an already compiled model does nothing."""
     import torch._inductor.config as inductor_config
 
     if "TORCHINDUCTOR_COORDINATE_DESCENT_TUNING" not in os.environ:  # the user's setting wins

@@ -1,7 +1,8 @@
 """The Triton kernels of the decode step, each with a PyTorch path that is its reference and runs wherever
 the kernel does not (CPU, no Triton, shapes it does not take):
 - matmuls with quantized weights: GEMVs for batch-1 decode (below; reference paths here);
-- matmuls with 16-bit weights for batched decode (2-16 rows): a skinny product that reads each weight once;
+- matmuls of 2-16 activation rows (batched decode; with int8 weights also short prompts and speculative
+  verification): a skinny product that reads each weight once;
 - decode attention for one new token: RoPE, KV-cache write and flash-decoding attention in one kernel
   (reference: model.Attention's PyTorch path);
 - SwiGLU, as a kernel of its own so that Inductor does not inline it into the w2 product.
@@ -10,7 +11,7 @@ Decode at batch 1 multiplies one activation row by every weight matrix, so its s
 weights read per second. The Triton kernels below read the quantized bytes once, dequantize in
 registers and never write a dequantized matrix; on CUDA, int4 layers normally run PyTorch's own int4
 kernel instead (tinygemm, faster than ours; quantize.pack_for_device repacks them for it at load time).
-Everything else (prefill, CPU, no Triton) takes the PyTorch path, which is also the reference the
+Everything else (longer prompts, CPU, no Triton) takes the PyTorch path, which is also the reference the
 tests compare the kernels with.
 
 Layouts (as in the checkpoint, on every device; tinygemm's is made from them at load time):
@@ -84,7 +85,7 @@ def tinygemm_linear(x: Tensor, packed: Tensor, scales_zeros: Tensor, groupsize: 
 USE_TRITON = triton is not None and not os.environ.get("GPTFAST_NO_TRITON")
 # GPTFAST_NO_DECODE_ATTENTION=1 keeps decode attention on the PyTorch path (RoPE, cache writes, SDPA).
 USE_DECODE_ATTENTION = USE_TRITON and not os.environ.get("GPTFAST_NO_DECODE_ATTENTION")
-# GPTFAST_NO_SKINNY=1 leaves batched decode's 16-bit products to cuBLAS (linear).
+# GPTFAST_NO_SKINNY=1 leaves products of 2-16 rows to the PyTorch path: cuBLAS (linear), dequantize + cuBLAS (int8).
 USE_SKINNY = USE_TRITON and not os.environ.get("GPTFAST_NO_SKINNY")
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
@@ -133,14 +134,22 @@ def swiglu(gate_up: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
+def _use_skinny(x: Tensor, weight: Tensor) -> bool:
+    return USE_SKINNY and x.is_cuda and _skinny_fits(x, weight)
+
+
+def _skinny_fits(x: Tensor, weight: Tensor) -> bool:
+    """2 to 16 activation rows of 16-bit floats, and a weight the skinny kernel's 32-bit offsets address."""
+    return (2 <= x.numel() // x.shape[-1] <= 16 and x.dtype in (torch.bfloat16, torch.float16)
+            and weight.is_contiguous() and weight.numel() < 2 ** 31)
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear, except for batched decode on CUDA (2 to 16 rows of one token each, 16-bit weights, no bias):
     the skinny product below. At 8 rows on an H100 it took 152 us per 7B block against cuBLAS's 157 (plus
     cuBLAS's split-K reduction kernels), and batch-8 decode went from 1337 to 1425 tok/s (BENCHMARKS.md).
     One row stays with Inductor, whose GEMV has the RMSNorm fused in."""
-    if (USE_SKINNY and x.is_cuda and x.dim() == 3 and x.shape[1] == 1 and 2 <= x.shape[0] <= 16 and bias is None
-            and weight.dtype == x.dtype and x.dtype in (torch.bfloat16, torch.float16) and weight.is_contiguous()
-            and weight.numel() < 2 ** 31):  # the kernel's offsets are 32-bit
+    if x.dim() == 3 and x.shape[1] == 1 and bias is None and weight.dtype == x.dtype and _use_skinny(x, weight):
         return torch.ops.gptfast.skinny_mm(x, weight)
     return F.linear(x, weight, bias)
 
@@ -149,6 +158,9 @@ def int8_linear(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     """x (..., K) @ dequantized weight^T -> (..., N)."""
     if _use_triton(x):
         return torch.ops.gptfast.int8_gemv(x, weight, scales)
+    if _use_skinny(x, weight):  # 2-16 rows in all (short prompts, speculative verification, batched decode): on an
+        return torch.ops.gptfast.skinny_mm(x, weight, scales)  # H100 95 us per 7B block at 5 or 8 rows, against
+        # 1223 us for the path below run eagerly (BENCHMARKS.md run 59)
     if x.numel() == x.shape[-1] and torch.compiler.is_compiling():
         return int8_row(x, weight, scales)
     # The scales multiply the weight, not the output: inductor rewrites "F.linear(x, w.to(dtype)) * scales"
@@ -194,17 +206,19 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # int8: scripts/bench_gemv.py on an H100 (2026-11-27, torch 2.11, Triton 3.6; BENCHMARKS.md): (4, 1024, 2)
 # moves the four products of a 7B block at 2.0-2.7 TB/s, 82.8 us a block against 88.5 for (8, 1024, 4).
 # skinny (8 rows): bench_gemv.py --kinds skinny on an H100 (2026-11-27): (16, 128, 2 warps, 5 stages) best over a
-# block, 152.2 us (the next four within 0.8%; cuBLAS 156.8).
+# block, 152.2 us (the next four within 0.8%; cuBLAS 156.8). skinny_int8 (int8 weights): the best of 5 shapes over a
+# block on an H100 (2026-11-27, a script not kept; BENCHMARKS.md run 59), 95.2-95.3 us at 5 and 8 rows (others 98-123).
 # int4 (4, 1024, 4) read 1041-1201 GB/s (2026-11-22), slower than tinygemm, which therefore serves int4
 # on CUDA where it can (quantize.pack_for_device); this kernel takes the layers it cannot.
 CONFIGS = {"int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
+           "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
            **{G: dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
     with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
-        CONFIGS.update({k if k in ("int8", "skinny") else int(k): v for k, v in json.load(f).items()})
+        CONFIGS.update({k if k in ("int8", "skinny", "skinny_int8") else int(k): v for k, v in json.load(f).items()})
 
 _warned = False
 
@@ -301,12 +315,13 @@ if triton is not None:
         return y
 
     @triton.jit
-    def _skinny_mm_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    def _skinny_mm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SCALED: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         # y (M, N) = x (M, K) @ w (N, K)^T for a few rows M <= BLOCK_M (batched decode). Each program owns
         # BLOCK_N rows of w and walks all of K, so every weight is read once whatever M; the rows of x are
         # padded to BLOCK_M >= 16 for tl.dot (tensor cores: the arithmetic is free here, the bytes are not).
-        # Triton pipelines the loop's loads (num_stages tiles in flight).
+        # Triton pipelines the loop's loads (num_stages tiles in flight). SCALED: w is int8 (each value is
+        # exact in x's dtype) and row n of y is multiplied by s[n], the weight row's scale.
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_K)
         if PDL:
@@ -315,20 +330,26 @@ if triton is not None:
         for k0 in range(0, K, BLOCK_K):
             k_ok = k0 + cols < K
             w = tl.load(w_ptr + rows[:, None] * K + k0 + cols[None, :], mask=(rows < N)[:, None] & k_ok[None, :],
-                        other=0.0)
+                        other=0)
+            if SCALED:
+                w = _int8_to_float(w).to(x_ptr.dtype.element_ty)
             x = tl.load(x_ptr + m[:, None] * K + k0 + cols[None, :], mask=(m < M)[:, None] & k_ok[None, :], other=0.0)
             acc = tl.dot(x, tl.trans(w), acc)
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
+        if SCALED:
+            acc *= tl.load(s_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptr + m[:, None] * N + rows[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=(m < M)[:, None] & (rows < N)[None, :])
 
     def skinny_mm_launch(x: Tensor, weight: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
-                         num_stages: int) -> Tensor:
-        """x (M, K) contiguous, M <= 16 @ weight (N, K)^T -> (M, N)."""
+                         num_stages: int, scales: Tensor | None = None) -> Tensor:
+        """x (M, K) contiguous, M <= 16 @ weight (N, K)^T -> (M, N); an int8 weight takes its row scales."""
         (M, K), N = x.shape, weight.shape[0]
         y = torch.empty(M, N, device=x.device, dtype=x.dtype)
-        _skinny_mm_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, y, M, N, K, BLOCK_M=max(16, triton.next_power_of_2(M)),
+        _skinny_mm_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, weight if scales is None else scales, y, M, N, K,
+                                                      SCALED=scales is not None,
+                                                      BLOCK_M=max(16, triton.next_power_of_2(M)),
                                                       BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps,
                                                       num_stages=num_stages, **_pdl(x))
         return y
@@ -480,12 +501,13 @@ if triton is not None:
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @torch.library.custom_op("gptfast::skinny_mm", mutates_args=())
-    def skinny_mm(x: Tensor, weight: Tensor) -> Tensor:
-        y = skinny_mm_launch(x.reshape(-1, x.shape[-1]).contiguous(), weight, **CONFIGS["skinny"])
+    def skinny_mm(x: Tensor, weight: Tensor, scales: Tensor | None = None) -> Tensor:
+        y = skinny_mm_launch(x.reshape(-1, x.shape[-1]).contiguous(), weight, scales=scales,
+                             **CONFIGS["skinny" if scales is None else "skinny_int8"])
         return y.view(*x.shape[:-1], weight.shape[0])
 
     @skinny_mm.register_fake
-    def _(x, weight):
+    def _(x, weight, scales=None):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @torch.library.custom_op("gptfast::int4_gemv", mutates_args=())

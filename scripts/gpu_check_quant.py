@@ -91,8 +91,11 @@ def main():
         err = ((torch.ops.gptfast.int8_gemv(x, q, s).float() - ref).abs().max() / ref.abs().max()).item()
         ok &= err < 1e-2
         err_i = ((int8_inductor(x, q, s).float() - ref).abs().max() / ref.abs().max()).item()
-        ok &= err_i < 1e-2
-        print(f"check int8 {name} ({n}x{k}): max rel err {err:.2e}, inductor {err_i:.2e}", flush=True)
+        x5 = torch.randn(5, k, device=dev, dtype=bf16, generator=gen)  # 5 rows: the skinny kernel
+        ref5 = (x5.float() @ q.float().t()) * s.float()
+        err5 = ((torch.ops.gptfast.skinny_mm(x5, q, s).float() - ref5).abs().max() / ref5.abs().max()).item()
+        ok &= err_i < 1e-2 and err5 < 1e-2
+        print(f"check int8 {name} ({n}x{k}): max rel err {err:.2e}, inductor {err_i:.2e}, 5 rows {err5:.2e}", flush=True)
         for G in (32, 64, 128):
             pk, s4, z4 = Q.quantize_int4(w, G)
             ref = x.float() @ K.dequantize_int4(pk, s4, z4, G).t()
@@ -123,7 +126,7 @@ def main():
     err = max(((o - r).abs().max() / r.abs().max()).item() for o, r in zip(out, ref))
     ok &= packed == 2 * 4 + 1 and err < 2e-2
     print(f"check pack_for_device: {packed} of 9 int4 layers packed, logits max rel err {err:.2e}", flush=True)
-    # An int8 model in bf16 on the GPU (prompt: dequantize + cuBLAS; decode: Triton GEMV) against itself in
+    # An int8 model in bf16 on the GPU (9-token prompt: the skinny kernel; decode: Triton GEMV) against itself in
     # float32 on the CPU (the PyTorch path).
     m = random_model(cfg, dev, bf16, 64)
     Q.quantize_model(m, "int8")

@@ -106,6 +106,36 @@ for rows, N, Kd, cfg in [(2, 48, 200, (32, 64, 4, 3)), (8, 64, 256, (16, 128, 2,
     x, w = torch.randn(rows, Kd, dtype=torch.float16), torch.randn(N, Kd, dtype=torch.float16)
     y, ref = K.skinny_mm_launch(x, w, *cfg).float(), x.float() @ w.float().T
     assert (y - ref).abs().max() < 1e-3 * ref.abs().max(), (rows, N, Kd, (y - ref).abs().max())
+    q, s = torch.randint(-128, 128, (N, Kd), dtype=torch.int8), torch.rand(N, dtype=torch.float16) + 0.5  # int8 weights
+    y, ref = K.skinny_mm_launch(x, q, *cfg, scales=s).float(), (x.float() @ q.float().T) * s.float()
+    assert (y - ref).abs().max() < 1e-3 * ref.abs().max(), (rows, N, Kd, (y - ref).abs().max())
+
+# An int8 model's prompts of 2-16 rows (batch x tokens) take the skinny kernel (kernels.int8_linear; its rule without
+# the CUDA test, here on the CPU): logits against the dequantize-and-matmul path, eager and compiled (more rows keep
+# that path).
+import quantize as Q
+args = M.ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96, vocab_size=50,
+                   max_seq_len=64)
+model = M.Transformer(args)
+for p in model.parameters():
+    torch.nn.init.normal_(p, std=0.5)
+model = Q.quantize_model(model.to(torch.float16), "int8")
+model.setup_caches(2, 64)
+idx, use_skinny, launch, launched = torch.randint(0, 50, (2, 20)), K._use_skinny, K.skinny_mm_launch, []
+K.skinny_mm_launch = lambda *a, **kw: launched.append(a[0].shape[0]) or launch(*a, **kw)
+with torch.no_grad():
+    K._use_skinny = lambda x, w: False
+    ref = {T: model(idx[:, :T], torch.arange(T)).float() for T in (5, 8, 9)}  # 10, 16 and 18 rows
+    K._use_skinny = K._skinny_fits
+    for compiled in (False, True):
+        if compiled:
+            g.compile_regions(model)
+        for T in (5, 8, 9):
+            launched.clear()
+            got = model(idx[:, :T], torch.arange(T)).float()
+            assert (got - ref[T]).abs().max() < 0.02 * ref[T].abs().max(), (compiled, T, (got - ref[T]).abs().max())
+            assert launched == ([2 * T] * (4 * args.n_layers + 1) if T <= 8 else []), (compiled, T, launched)  # + output
+K._use_skinny, K.skinny_mm_launch = use_skinny, launch
 
 def run(model, fused, B, prompt_len, row_start, steps=4):
     K.use_decode_attention = lambda qkv, k_cache: fused  # the model's dispatch, forced either way
@@ -149,7 +179,7 @@ print("ok")
 
 def test_model_kernels_in_interpreter():
     """kernels.py's kernels for the model, through Triton's CPU interpreter: SwiGLU against F.silu; the skinny
-    product against a float32 matmul; the fused
+    product (16-bit and int8 weights) against a float32 matmul; the fused
     decode attention (RoPE, cache write, flash decoding, slice merge) against model.Attention's PyTorch path,
     eager and once compiled with compile_regions."""
     pytest.importorskip("triton")

@@ -207,7 +207,8 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # moves the four products of a 7B block at 2.0-2.7 TB/s, 82.8 us a block against 88.5 for (8, 1024, 4).
 # skinny (8 rows): bench_gemv.py --kinds skinny on an H100 (2026-11-27): (16, 128, 2 warps, 5 stages) best over a
 # block, 152.2 us (the next four within 0.8%; cuBLAS 156.8). skinny_int8 (int8 weights): the best of 5 shapes over a
-# block on an H100 (2026-11-27, a script not kept; BENCHMARKS.md run 59), 95.2-95.3 us at 5 and 8 rows (others 98-123).
+# block on an H100 (2026-11-27, BENCHMARKS.md run 59), 95.2-95.3 us at 5 and 8 rows (others 98-123); bench_gemv.py
+# --kinds skinny_int8 sweeps it.
 # int4 (4, 1024, 4) read 1041-1201 GB/s (2026-11-22), slower than tinygemm, which therefore serves int4
 # on CUDA where it can (quantize.pack_for_device); this kernel takes the layers it cannot.
 CONFIGS = {"int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),

@@ -1,12 +1,13 @@
 """Matrix-vector products of the Llama-2-7B layer shapes, one shape at a time, on the GPU:
 
-python scripts/bench_gemv.py [--kinds bf16,skinny,int8,int4] [--rows 8] [--budget_s 300] [--json FILE]
+python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int4] [--rows 8] [--budget_s 300] [--json FILE]
                              [--configs_out FILE]
 
 For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as compile_regions compiles
 the model: coordinate descent tuning, programmatic dependent launch; also with the RMSNorm in front, as wqkv
 and w13 run in the model); for --rows rows of bf16 (skinny: batched decode) cuBLAS and kernels.py's skinny
-kernel over a grid of launch shapes; for int8 weights kernels.py's Triton GEMV over a grid of launch shapes; for int4
+kernel over a grid of launch shapes (skinny_int8: int8 weights, dequantize + cuBLAS against the same kernel taking
+int8 tiles and row scales); for int8 weights kernels.py's Triton GEMV over a grid of launch shapes; for int4
 (groups of 32, 64, 128) PyTorch's tinygemm (aten._weight_int4pack_mm) and kernels.py's int4 GEMV over a grid
 of launch shapes, and at 2048 rows (prefill) tinygemm against the PyTorch path (dequantize, then cuBLAS).
 Each timing replays a CUDA graph of one product per copy of the weights (copies enough to exceed the 50 MB
@@ -54,8 +55,8 @@ def main():
     p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes")
     a = p.parse_args()
     kinds = a.kinds.split(",")
-    if not set(kinds) <= {"bf16", "skinny", "int8", "int4"}:
-        p.error(f"--kinds {a.kinds}: choose from bf16, skinny, int8, int4")
+    if not set(kinds) <= {"bf16", "skinny", "skinny_int8", "int8", "int4"}:
+        p.error(f"--kinds {a.kinds}: choose from bf16, skinny, skinny_int8, int8, int4")
     dev, bf16 = "cuda", torch.bfloat16
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}", flush=True)
     torch._dynamo.config.cache_size_limit = 64
@@ -99,6 +100,19 @@ def main():
                 if in_budget("skinny"):
                     add(name, "skinny", label(cfg), lambda: [K.skinny_mm_launch(xm.view(a.rows, k), w, **cfg) for w in ws],
                         nb16, K.skinny_mm_launch(xm.view(a.rows, k), ws[0], **cfg), refm, copies)
+        if "skinny_int8" in kinds:  # a.rows rows of int8 layers: what int8_linear did before, then the kernel
+            xm = torch.randn(a.rows, k, device=dev, dtype=bf16, generator=gen)
+            q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)]
+            refm = (xm.float() @ q8[0][0].float().t()) * q8[0][1].float()
+            deq = lambda q, s: F.linear(xm, q.to(bf16) * s[:, None])  # noqa: E731
+            add(name, "skinny_int8", "dequantize + cuBLAS", lambda: [deq(q, s) for q, s in q8], n * k + n * 2,
+                deq(*q8[0]), refm, copies)
+            for cfg in GRID16:
+                if in_budget("skinny_int8"):
+                    add(name, "skinny_int8", label(cfg),
+                        lambda: [K.skinny_mm_launch(xm, q, **cfg, scales=s) for q, s in q8], n * k + n * 2,
+                        K.skinny_mm_launch(xm, q8[0][0], **cfg, scales=q8[0][1]), refm, copies)
+            del q8
         if "int8" in kinds:
             q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)]
             ref8 = (x.float() @ q8[0][0].float().t()) * q8[0][1].float()
@@ -151,12 +165,13 @@ def main():
     for kind in sorted({r["kind"] for r in rows if r["kind"] not in ("bf16", "int4 g32 prefill")}):
         ranked, shapes = best_configs(rows, kind, 5)
         print(f"{kind} ({shapes} shapes):", "; ".join(f"{label(cfg)}: {t:.1f} us" for t, cfg in ranked), flush=True)
-        for base in ("tinygemm", "cuBLAS"):
+        for base in ("tinygemm", "cuBLAS", "dequantize + cuBLAS"):
             ref = [r for r in rows if r["kind"] == kind and r["variant"] == base and r["shape"] != "output"]
             if ref:
                 print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
         if ranked:
-            best[kind if kind in ("int8", "skinny") else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32
+            named = kind in ("int8", "skinny", "skinny_int8")
+            best[kind if named else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32
     if a.configs_out and best:
         a.configs_out.write_text(json.dumps({str(k): v for k, v in best.items()}, indent=1))
     if a.json:

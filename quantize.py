@@ -432,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", required=True, help=f"one of {', '.join(MODES)}")
     p.add_argument("--groupsize", type=int, default=None, help="int4 group size: 32 (default), 64, 128 or 256")
     p.add_argument("--calibration_text", type=Path, default=None, help="int4-gptq: a text file (default: pydoc help texts)")
-    p.add_argument("--calibration_samples", type=int, default=128)
-    p.add_argument("--calibration_seq_len", type=int, default=256)
+    p.add_argument("--calibration_samples", type=int, default=None, help="int4-gptq: windows of text (default 128)")
+    p.add_argument("--calibration_seq_len", type=int, default=None, help="int4-gptq: tokens per window (default 256)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--output", type=Path, default=None, help="default: next to the input, named after mode and group size")
 
@@ -449,8 +449,12 @@ def check_args(args) -> None:
         args.groupsize = 32
     if args.groupsize not in GROUPSIZES:
         raise UsageError(f"--groupsize {args.groupsize} is not supported: choose one of {', '.join(map(str, GROUPSIZES))}")
-    if args.mode != "int4-gptq" and args.calibration_text is not None:
-        raise UsageError("--calibration_text is only used by --mode int4-gptq")
+    given = [f"--{k}" for k in ("calibration_text", "calibration_samples", "calibration_seq_len")
+             if getattr(args, k) is not None]
+    if args.mode != "int4-gptq" and given:
+        raise UsageError(f"{given[0]} is only used by --mode int4-gptq")
+    args.calibration_samples = 128 if args.calibration_samples is None else args.calibration_samples
+    args.calibration_seq_len = 256 if args.calibration_seq_len is None else args.calibration_seq_len
     if args.calibration_text is not None and not args.calibration_text.is_file():
         raise UsageError(f"calibration text {args.calibration_text} not found: pass an existing text file")
     if args.calibration_samples < 1 or args.calibration_seq_len < 2:

@@ -217,6 +217,8 @@ def test_gptq_cli(stories_dir, tmp_path):
     (["--mode", "int8", "--groupsize", "64"], "--groupsize applies to int4 modes"),
     (["--mode", "int4-gptq", "--calibration_text", "/nonexistent.txt"], "calibration text /nonexistent.txt not found"),
     (["--mode", "int4", "--calibration_text", "/nonexistent.txt"], "only used by --mode int4-gptq"),
+    (["--mode", "int8", "--calibration_samples", "64"], "--calibration_samples is only used by --mode int4-gptq"),
+    (["--mode", "int4-gptq", "--calibration_seq_len", "1"], "--calibration_seq_len >= 2"),
 ])
 def test_cli_bad_input(stories_dir, extra, message):
     r = run_cli("quantize.py", "--checkpoint", stories_dir, "--device", "cpu", *extra)

@@ -109,14 +109,11 @@ def compile_regions(model: Transformer) -> None:
         inductor_config.triton.enable_pdl = True  # programmatic dependent launch: a kernel starts while the one
         # before it finishes, hiding most of the ~1 us between kernels (8% faster bf16 decode, BENCHMARKS.md)
     inductor_config.triton.unique_kernel_names = True  # readable names in profiles
-    # A warm process must not tune again what its cache says is tuned. Inductor (torch 2.11) marks a config found
-    # by coordinate descent as tuned, but loses the mark whenever it copies or pickles the config (triton.Config's
-    # __setstate__ keeps only its own fields): when a reduction kernel tries a smaller block beside the cached one
-    # (dynamic_scale_rblock) and the copy wins the timing, and when a kernel comes back from a compile worker
-    # (PyTorch #181292). It then tunes again, 2-10 s more, in 1 to 3 of every 4 to 6 warm processes measured
-    # (BENCHMARKS.md runs 45-53). Without the extra block and the workers, neither happens; coordinate descent still
-    # tunes the block sizes, and cold compiles took 27-39 s, as with both (runs 50, 53-55). (On the CPU the
-    # workers stay: they build C++ in parallel.)
+    # A warm process must not tune again what its cache marks as tuned. Inductor (torch 2.11) loses that mark
+    # whenever it copies or pickles a config (triton.Config's __setstate__ keeps only its own fields): for the smaller
+    # reduction block it tries beside a cached one (dynamic_scale_rblock) and for kernels back from its compile
+    # workers (PyTorch #181292); 2-10 s of tuning again in many warm processes (BENCHMARKS.md runs 45-53). Both are
+    # off; coordinate descent still tunes. (On the CPU the workers stay: they build C++ in parallel.)
     if "TORCHINDUCTOR_DYNAMIC_SCALE_RBLOCK" not in os.environ:
         inductor_config.dynamic_scale_rblock = False
     if model.tok_embeddings.weight.is_cuda and "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:

@@ -100,9 +100,9 @@ def main():
                 if in_budget("skinny"):
                     add(name, "skinny", label(cfg), lambda: [K.skinny_mm_launch(xm.view(a.rows, k), w, **cfg) for w in ws],
                         nb16, K.skinny_mm_launch(xm.view(a.rows, k), ws[0], **cfg), refm, copies)
+        q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)] if {"int8", "skinny_int8"} & set(kinds) else []
         if "skinny_int8" in kinds:  # a.rows rows of int8 layers: what int8_linear did before, then the kernel
             xm = torch.randn(a.rows, k, device=dev, dtype=bf16, generator=gen)
-            q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)]
             refm = (xm.float() @ q8[0][0].float().t()) * q8[0][1].float()
             deq = lambda q, s: F.linear(xm, q.to(bf16) * s[:, None])  # noqa: E731
             add(name, "skinny_int8", "dequantize + cuBLAS", lambda: [deq(q, s) for q, s in q8], n * k + n * 2,
@@ -112,15 +112,13 @@ def main():
                     add(name, "skinny_int8", label(cfg),
                         lambda: [K.skinny_mm_launch(xm, q, **cfg, scales=s) for q, s in q8], n * k + n * 2,
                         K.skinny_mm_launch(xm, q8[0][0], **cfg, scales=q8[0][1]), refm, copies)
-            del q8
         if "int8" in kinds:
-            q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)]
             ref8 = (x.float() @ q8[0][0].float().t()) * q8[0][1].float()
             for cfg in GRID8:
                 if in_budget("int8"):
                     add(name, "int8", label(cfg), lambda: [K.int8_gemv_launch(xv, q, s, **cfg) for q, s in q8],
                         n * k + n * 2, K.int8_gemv_launch(xv, *q8[0], **cfg), ref8, copies)
-            del q8
+        del q8
         if "int4" in kinds and name != "output":
             for G in (32, 64, 128):
                 kind = f"int4 g{G}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -326,23 +327,31 @@ def check_args(args) -> None:
     check_checkpoint_and_device(args)
     if args.max_new_tokens < 1:
         raise UsageError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0 (0 is greedy), got {args.temperature}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UsageError(f"--temperature must be a number >= 0 (0 is greedy), got {args.temperature}")
     if args.top_k < 0:
         raise UsageError(f"--top_k must be >= 0 (0 disables), got {args.top_k}")
     if not 0 < args.top_p <= 1:
         raise UsageError(f"--top_p must be in (0, 1], got {args.top_p}")
     if args.num_samples < 1 or args.batch_size < 1:
         raise UsageError("--num_samples and --batch_size must be >= 1")
+    if args.speculate_k < 1:
+        raise UsageError(f"--speculate_k must be >= 1, got {args.speculate_k}")
+    if args.prompt_lookup < 0:
+        raise UsageError(f"--prompt_lookup must be >= 1 (the n-gram length), got {args.prompt_lookup}")
+    if args.draft_checkpoint is not None and args.prompt_lookup:
+        raise UsageError("--draft_checkpoint and --prompt_lookup are alternatives: pass one of them")
 
 
 def read_prompts(args) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompt_file is not None:
         try:
-            prompts += [line for line in args.prompt_file.read_text().splitlines() if line.strip()]
+            prompts += [line for line in args.prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()]
         except OSError as e:
             raise UsageError(f"cannot read --prompt_file {args.prompt_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--prompt_file {args.prompt_file} is not UTF-8 text: save it as UTF-8") from None
     if not prompts:
         prompts = ["Once upon a time"] if args.prompt is None and args.prompt_file is None else [""]
     if any(not p for p in prompts):
@@ -365,7 +374,7 @@ def main(argv=None, load_fn=load) -> None:
 
     encoded = [tokenizer.encode(p) for p in prompts]
     longest = max(len(e) for e in encoded)
-    if longest + args.max_new_tokens > model.args.max_seq_len:
+    if not args.chat and longest + args.max_new_tokens > model.args.max_seq_len:  # (a chat stops when its context is full)
         raise UsageError(f"prompt ({longest} tokens) + --max_new_tokens ({args.max_new_tokens}) exceeds the "
                          f"model's context of {model.args.max_seq_len}: shorten the prompt or lower --max_new_tokens")
     model.setup_caches(len(encoded), cache_length(longest + args.max_new_tokens, model.args.max_seq_len))
@@ -397,7 +406,7 @@ def main(argv=None, load_fn=load) -> None:
             torch.manual_seed(args.seed)
     n_bytes = weight_bytes(model)
     for i in range(args.num_samples):
-        stream = StreamDecoder(tokenizer) if len(encoded) == 1 else None
+        stream = StreamDecoder(tokenizer, context=encoded[0][-1:]) if len(encoded) == 1 else None
         if stream is not None:
             print(prompts[0], end="", flush=True)
         first = []

@@ -44,6 +44,13 @@ class ModelArgs:
     @classmethod
     def from_hf_config(cls, cfg: dict) -> "ModelArgs":
         """Build from a Hugging Face config.json dict; raise CheckpointError for what is not supported."""
+        try:
+            return cls._from_hf_config(cfg)
+        except KeyError as e:
+            raise CheckpointError(f"config.json lacks {e.args[0]!r}: it is not a complete Hugging Face config") from None
+
+    @classmethod
+    def _from_hf_config(cls, cfg: dict) -> "ModelArgs":
         model_type = cfg.get("model_type")
         if model_type not in ("llama", "mistral", "qwen2"):
             raise CheckpointError(f"model_type {model_type!r} is not supported (supported: llama, mistral, qwen2)")

@@ -398,6 +398,10 @@ def write_checkpoint(model: Transformer, src: Path, dst: Path) -> None:
     config["quantization"] = model.quantization
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(hf_state_dict(model, float_dtype), tmp / "model.safetensors", metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in [tmp, *tmp.iterdir()]:  # safetensors writes its file private; give the folder the usual permissions
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
     old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
     if dst.exists():
         os.replace(dst, old)
@@ -466,20 +470,39 @@ def check_args(args) -> None:
     if "quantization" in read_config(args.checkpoint):
         raise UsageError(f"{args.checkpoint} is already quantized ({read_config(args.checkpoint)['quantization']['mode']}): "
                          "pass the float checkpoint")
+    src = args.checkpoint = args.checkpoint.resolve()  # (".": a name to put the default output next to)
+    name = f"{src.name}-{args.mode}" + ("" if args.mode == "int8" else f"-g{args.groupsize}")
+    dst = args.output = (args.output or src.with_name(name)).resolve()
+    # The output replaces only an earlier output of this tool (or an empty folder): never the input, another
+    # checkpoint or a folder of the user's files.
+    if dst == src or src.is_relative_to(dst):
+        raise UsageError(f"--output {dst} would replace the input checkpoint: choose another directory")
+    if dst.exists() and not (dst.is_dir() and (not any(dst.iterdir()) or _is_quantize_output(dst))):
+        raise UsageError(f"--output {dst} exists and is not an earlier quantize.py output: choose a new directory "
+                         "(quantize.py replaces only its own outputs)")
+
+
+def _is_quantize_output(path: Path) -> bool:
+    try:
+        return "quantization" in read_config(path)
+    except CheckpointError:
+        return False
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     check_args(args)
-    src = args.checkpoint
-    dst = args.output or src.with_name(f"{src.name}-{args.mode}" + ("" if args.mode == "int8" else f"-g{args.groupsize}"))
+    src, dst = args.checkpoint, args.output  # both checked and resolved by check_args
     t0 = time.perf_counter()
     model = Transformer.from_pretrained(src, device=args.device, dtype=torch.float32)  # quantization math in fp32
     calibration = None
     if args.mode == "int4-gptq":
         from tokenizer import Tokenizer
 
-        text = args.calibration_text.read_text() if args.calibration_text else default_calibration_text()
+        try:
+            text = args.calibration_text.read_text(encoding="utf-8") if args.calibration_text else default_calibration_text()
+        except UnicodeDecodeError:
+            raise UsageError(f"--calibration_text {args.calibration_text} is not UTF-8 text: save it as UTF-8") from None
         seq_len = min(args.calibration_seq_len, model.args.max_seq_len)
         calibration = calibration_tokens(Tokenizer(src), text, args.calibration_samples, seq_len)
         print(f"calibrating on {calibration.shape[0]} samples of {seq_len} tokens", file=sys.stderr)

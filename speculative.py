@@ -284,13 +284,7 @@ def check_same_vocabulary(tokenizer: Tokenizer, target_vocab: int, draft_tokeniz
 def speculative_generator(args, model: Transformer, tokenizer: Tokenizer, device, dtype, load_fn=None):
     """generate.py's hook: load and check the draft (if any) and return a drop-in for generate.generate.
     load_fn(path, device, dtype) loads the draft like the target (tp.py passes its sharded loader)."""
-    if args.speculate_k < 1:
-        raise g.UsageError(f"--speculate_k must be >= 1, got {args.speculate_k}")
-    if args.prompt_lookup < 0:
-        raise g.UsageError(f"--prompt_lookup must be >= 1 (the n-gram length), got {args.prompt_lookup}")
-    if args.draft_checkpoint is not None and args.prompt_lookup:
-        raise g.UsageError("--draft_checkpoint and --prompt_lookup are alternatives: pass one of them")
-    draft = None
+    draft = None  # (generate.check_args has checked the flags)
     if args.draft_checkpoint is not None:
         path = args.draft_checkpoint
         if not path.is_dir():

@@ -90,8 +90,9 @@ class StreamDecoder:
     that span byte-fallback tokens, so each step decodes a short window and emits what it added.
     """
 
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.ids, self.prefix, self.read = tokenizer, [], 0, 0
+    def __init__(self, tokenizer: Tokenizer, context: list[int] = ()):
+        # context: ids already printed (the prompt's last token), so that the first new token keeps its space
+        self.tokenizer, self.ids, self.prefix, self.read = tokenizer, list(context), 0, len(context)
 
     def put(self, token: int) -> str:
         self.ids.append(token)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from generate import UsageError, run  # noqa: E402
+from generate import UsageError, one_line_errors, run  # noqa: E402
 from model import CheckpointError  # noqa: E402
 
 # GGUF tensor name -> Hugging Face name ("{}" is the layer index)
@@ -266,8 +266,8 @@ def convert(gguf_path: Path, out_dir: Path, dtype: torch.dtype = torch.float32) 
 
     if not gguf_path.is_file():
         raise UsageError(f"{gguf_path} not found: pass a .gguf file")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UsageError(f"{out_dir} already exists and is not empty: remove it or choose another OUT_DIR")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UsageError(f"{out_dir} already exists and is not an empty folder: remove it or choose another OUT_DIR")
     try:
         reader = GGUFReader(gguf_path)
     except (ValueError, OSError) as e:
@@ -303,7 +303,7 @@ def main(argv=None) -> None:
     p.add_argument("out", type=Path, help="checkpoint directory to create")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="stored weight type (float32 keeps dequantized weights exact; bfloat16 halves the size)")
-    args = p.parse_args(argv)
+    args = one_line_errors(p).parse_args(argv)
     convert(args.gguf, args.out, getattr(torch, args.dtype))
     print(f"wrote {args.out}", file=sys.stderr)
 

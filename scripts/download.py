@@ -15,10 +15,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from generate import UsageError, run  # noqa: E402
+from generate import UsageError, one_line_errors, run  # noqa: E402
 from model import CheckpointError  # noqa: E402
 
-WANTED = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+# The weights as model.load_hf_state_dict reads them (not, e.g., the consolidated.safetensors copy Mistral ships too)
+WANTED = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+          "model.safetensors.index.json",
           "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
           "chat_template.jinja", "chat_template.json")
 
@@ -47,8 +49,8 @@ def download(repo_id: str, out: Path, revision: str | None = None) -> list[str]:
         from huggingface_hub import errors as hub_errors
     except ImportError:
         raise UsageError("downloading needs the huggingface_hub package: pip install huggingface_hub") from None
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} already exists and is not empty: remove it or pass another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} already exists and is not an empty folder: remove it or pass another --out")
     token = os.environ.get("HF_TOKEN")  # None lets huggingface_hub fall back to a saved login
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -87,7 +89,7 @@ def main(argv=None) -> None:
     p.add_argument("repo_id", help="e.g. HuggingFaceTB/SmolLM2-360M-Instruct")
     p.add_argument("--out", type=Path, default=None, help="directory to create (default: checkpoints/REPO_ID)")
     p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
-    args = p.parse_args(argv)
+    args = one_line_errors(p).parse_args(argv)
     if args.repo_id.count("/") != 1:
         raise UsageError(f"REPO_ID must look like owner/name, got {args.repo_id!r}")
     out = args.out or Path(__file__).resolve().parent.parent / "checkpoints" / args.repo_id

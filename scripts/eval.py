@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from generate import UsageError, check_checkpoint_and_device, load, run  # noqa: E402
+from generate import UsageError, check_checkpoint_and_device, load, one_line_errors, run  # noqa: E402
 from model import Transformer  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="default: bfloat16 on cuda, float32 on cpu")
-    args = p.parse_args(argv)
+    args = one_line_errors(p).parse_args(argv)
     check_checkpoint_and_device(args)
     if args.seq_len < 2 or args.batch_size < 1 or (args.max_tokens is not None and args.max_tokens < 2):
         raise UsageError("--seq_len and --max_tokens must be >= 2, --batch_size >= 1")
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
     model, tokenizer = load(args.checkpoint, args.device, dtype)
     seq_len = min(args.seq_len, model.args.max_seq_len)
-    stride = args.stride or seq_len // 2
+    stride = seq_len // 2 if args.stride is None else args.stride
     if not 1 <= stride < seq_len:  # a window's first token has no context in it, so windows must overlap
         raise UsageError(f"--stride must be in [1, seq_len - 1 = {seq_len - 1}], got {stride}")
     ids = tokenizer.encode(text)[:args.max_tokens]

@@ -17,7 +17,8 @@ LISTING = [".gitattributes", "LICENSE", "README.md", "USE_POLICY.md", "config.js
            "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
            "original/consolidated.00.pth", "original/params.json", "original/tokenizer.model",
            "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "special_tokens_map.json",
-           "tokenizer.json", "tokenizer_config.json", "onnx/model.onnx", "model.Q4_0.gguf", "flax_model.msgpack"]
+           "tokenizer.json", "tokenizer_config.json", "onnx/model.onnx", "model.Q4_0.gguf", "flax_model.msgpack",
+           "consolidated.safetensors"]  # (Mistral's repositories ship this second copy of the weights)
 WANTED = ["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
           "model-00002-of-00002.safetensors", "model.safetensors.index.json", "special_tokens_map.json",
           "tokenizer.json", "tokenizer_config.json"]
@@ -89,6 +90,13 @@ def test_errors_are_one_line_and_leave_nothing(tmp_path, fake_hub, error, messag
     with pytest.raises(UsageError, match=message):
         download.download("org/model", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_out_must_be_new_or_an_empty_folder(tmp_path, fake_hub):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="not an empty folder"):
+        download.download("org/model", tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_failure_mid_download_leaves_nothing(tmp_path, fake_hub):

@@ -83,5 +83,10 @@ def test_cli(tmp_path, stories):
     with pytest.raises(UsageError, match="--stride"):
         ppl_eval.main(["--checkpoint", str(STORIES), "--text", str(tmp_path / "t.txt"), "--seq_len", "32",
                        "--stride", "32", "--device", "cpu"])
+    with pytest.raises(UsageError, match="--stride"):  # 0 is not "the default"
+        ppl_eval.main(["--checkpoint", str(STORIES), "--text", str(tmp_path / "t.txt"), "--seq_len", "32",
+                       "--stride", "0", "--device", "cpu"])
+    r = run_cli("scripts/eval.py", "--checkpoint", STORIES, "--seq_len", "abc")
+    assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     with pytest.raises(UsageError, match="missing.txt"):
         ppl_eval.main(["--checkpoint", str(STORIES), "--text", str(tmp_path / "missing.txt"), "--device", "cpu"])

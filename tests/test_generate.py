@@ -46,6 +46,20 @@ def test_cli_greedy_streams_reference_text(stories_dir):
     assert len(r.stdout) > 250 and "tok/s" in r.stderr
 
 
+def test_cli_stream_keeps_the_space_before_the_first_word(stories, stories_dir):
+    """A prompt whose continuation starts with a word: the streamed text equals the prompt and the generated ids
+    decoded together (SentencePiece drops the leading space of a first token decoded alone)."""
+    model, tok = stories
+    prompt = "Tom had a big red ball and"
+    ids = tok.encode(prompt)
+    out = greedy(model, [ids], 12)[0]
+    assert tok.decode(out).startswith("a ")  # the case this test is about: the continuation starts with a word
+    r = run_cli("generate.py", "--checkpoint", stories_dir, "--prompt", prompt, "--temperature", "0",
+                "--max_new_tokens", "12", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == tok.decode(ids + out), r.stdout
+
+
 def test_batch_rows_equal_batch_1(stories):
     model, tok = stories
     prompts = [tok.encode(p) for p in ["Once upon a time", "Tom had a big red", "The cat"]]
@@ -162,6 +176,8 @@ BAD = [
     (["--checkpoint", "/nonexistent/dir"], "not found"),
     (["--prompt", ""], "empty prompt"),
     (["--temperature", "-1"], "--temperature"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--temperature", "inf"], "--temperature"),
     (["--top_k", "-3"], "--top_k"),
     (["--top_p", "1.5"], "--top_p"),
     (["--max_new_tokens", "0"], "--max_new_tokens"),
@@ -169,6 +185,9 @@ BAD = [
     (["--prompt", "a " * 600], "exceeds the model's context"),
     (["--device", "cuda"], "no CUDA GPU"),
     (["--temperature", "warm"], "invalid float"),
+    (["--prompt_lookup", "2", "--speculate_k", "0"], "--speculate_k must be >= 1"),
+    (["--prompt_lookup", "-1"], "--prompt_lookup must be >= 1"),
+    (["--prompt_lookup", "2", "--draft_checkpoint", "/nonexistent"], "are alternatives"),
 ]
 
 
@@ -191,6 +210,9 @@ def test_cli_missing_files(tmp_path, stories_dir):
     (tmp_path / "tokenizer.model").write_bytes((stories_dir / "tokenizer.model").read_bytes())
     r = run_cli("generate.py", "--checkpoint", tmp_path, "--device", "cpu")
     assert r.returncode == 2 and "config.json not found" in r.stderr
+    (tmp_path / "prompts.txt").write_bytes(b"caf\xe9\n")  # Latin-1, not UTF-8
+    r = run_cli("generate.py", "--checkpoint", stories_dir, "--device", "cpu", "--prompt_file", tmp_path / "prompts.txt")
+    assert r.returncode == 2 and "not UTF-8" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

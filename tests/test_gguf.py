@@ -226,8 +226,12 @@ def test_unsupported_input_is_a_clear_error(tmp_path, source):
         convert_gguf.convert(tmp_path / "missing.gguf", tmp_path / "out")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
-    with pytest.raises(UsageError, match="not empty"):
+    with pytest.raises(UsageError, match="not an empty folder"):
         convert_gguf.convert(tmp_path / "a.gguf", tmp_path / "full")
+    with pytest.raises(UsageError, match="not an empty folder"):  # a file
+        convert_gguf.convert(tmp_path / "a.gguf", tmp_path / "full" / "x")
+    r = run_cli("scripts/convert_gguf.py", tmp_path / "a.gguf")  # argparse's own errors: one line too
+    assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 # ------------------------------------------------------------------- the real SmolLM2 GGUF (optional)

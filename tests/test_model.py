@@ -62,6 +62,8 @@ def test_args_from_config_variants():
                       ({"hidden_act": "gelu"}, "gelu")]:
         with pytest.raises(CheckpointError, match=word):
             ModelArgs.from_hf_config({**base, **bad})
+    with pytest.raises(CheckpointError, match="config.json lacks 'hidden_size'"):
+        ModelArgs.from_hf_config({k: v for k, v in base.items() if k != "hidden_size"})
 
 
 def test_loader_errors(tmp_path, stories_dir):

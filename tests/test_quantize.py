@@ -1,5 +1,7 @@
 """quantize.py and kernels.py: formats, round trips through generate.py's loader, GPTQ, CLI errors."""
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -231,6 +233,36 @@ def test_cli_bad_checkpoints(stories_int8, tmp_path):
     assert r.returncode == 2 and "is already quantized (int8)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("quantize.py", "--checkpoint", tmp_path / "missing", "--mode", "int8", "--device", "cpu")
     assert r.returncode == 2 and "not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_output_replaces_only_earlier_outputs(stories_dir, stories_int8, tmp_path, monkeypatch):
+    """--output may replace an empty folder or an earlier quantize.py output, never the input, a file or a folder
+    of other files; "--checkpoint ." works; the written files get the usual permissions (not safetensors' 0600)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    for out, message in [(mine, "is not an earlier quantize.py output"), (tmp_path / "file", "is not an earlier"),
+                         (stories_dir, "would replace the input"), (stories_dir.parent, "would replace the input")]:
+        r = run_cli("quantize.py", "--checkpoint", stories_dir, "--mode", "int8", "--device", "cpu", "--output", out)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (out, r.stderr)
+    assert (mine / "notes.txt").read_text() == "keep me" and (tmp_path / "file").read_text() == "keep me too"
+    monkeypatch.chdir(stories_dir)
+    again = tmp_path / "again"
+    for _ in range(2):  # a new folder, then the same folder again (an earlier output: replaced)
+        Q.main(["--checkpoint", ".", "--mode", "int8", "--device", "cpu", "--output", str(again)])
+        assert (again / "model.safetensors").read_bytes() == (stories_int8 / "model.safetensors").read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((again / "model.safetensors").stat().st_mode) == 0o666 & ~umask
+
+
+def test_cli_calibration_text_not_utf8(stories_dir, tmp_path):
+    (tmp_path / "cal.txt").write_bytes(b"caf\xe9 " * 100)  # Latin-1
+    r = run_cli("quantize.py", "--checkpoint", stories_dir, "--mode", "int4-gptq", "--device", "cpu",
+                "--calibration_text", tmp_path / "cal.txt", "--output", tmp_path / "out")
+    assert r.returncode == 2 and "is not UTF-8 text" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_quantization_config(stories_dir):

@@ -374,7 +374,7 @@ def main(argv=None, load_fn=load) -> None:
 
     encoded = [tokenizer.encode(p) for p in prompts]
     longest = max(len(e) for e in encoded)
-    if not args.chat and longest + args.max_new_tokens > model.args.max_seq_len:  # (a chat stops when its context is full)
+    if not args.chat and longest + args.max_new_tokens > model.args.max_seq_len:  # (a chat stops when it is full)
         raise UsageError(f"prompt ({longest} tokens) + --max_new_tokens ({args.max_new_tokens}) exceeds the "
                          f"model's context of {model.args.max_seq_len}: shorten the prompt or lower --max_new_tokens")
     model.setup_caches(len(encoded), cache_length(longest + args.max_new_tokens, model.args.max_seq_len))

@@ -47,7 +47,7 @@ class ModelArgs:
         try:
             return cls._from_hf_config(cfg)
         except KeyError as e:
-            raise CheckpointError(f"config.json lacks {e.args[0]!r}: it is not a complete Hugging Face config") from None
+            raise CheckpointError(f"config.json lacks {e.args[0]!r}: not a complete Hugging Face config") from None
 
     @classmethod
     def _from_hf_config(cls, cfg: dict) -> "ModelArgs":

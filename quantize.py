@@ -500,9 +500,11 @@ def main(argv=None) -> None:
         from tokenizer import Tokenizer
 
         try:
-            text = args.calibration_text.read_text(encoding="utf-8") if args.calibration_text else default_calibration_text()
+            text = args.calibration_text.read_text(encoding="utf-8") if args.calibration_text \
+                else default_calibration_text()
         except UnicodeDecodeError:
-            raise UsageError(f"--calibration_text {args.calibration_text} is not UTF-8 text: save it as UTF-8") from None
+            raise UsageError(f"--calibration_text {args.calibration_text} is not UTF-8 text: save it as UTF-8") \
+                from None
         seq_len = min(args.calibration_seq_len, model.args.max_seq_len)
         calibration = calibration_tokens(Tokenizer(src), text, args.calibration_samples, seq_len)
         print(f"calibrating on {calibration.shape[0]} samples of {seq_len} tokens", file=sys.stderr)

@@ -368,6 +368,10 @@ def main(argv=None, load_fn=load) -> None:
     prompts = read_prompts(args)
     device = args.device
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
+    if args.chat:  # refuse a checkpoint without a chat format before its weights load
+        from chat import detect_format
+
+        detect_format(args.checkpoint, Tokenizer(args.checkpoint))
     t0 = time.perf_counter()
     model, tokenizer = load_fn(args.checkpoint, device, dtype)
     print(f"Loaded {args.checkpoint} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
@@ -407,13 +411,13 @@ def main(argv=None, load_fn=load) -> None:
     n_bytes = weight_bytes(model)
     for i in range(args.num_samples):
         stream = StreamDecoder(tokenizer, context=encoded[0][-1:]) if len(encoded) == 1 else None
-        if stream is not None:
-            print(prompts[0], end="", flush=True)
         first = []
 
         def on_token(step, tokens):  # tokens are on the host: this step is done on the device
             if step == 0:
                 first.append(time.perf_counter())
+                if stream is not None:  # the prompt, once generation is under way (not before a late error)
+                    print(prompts[0], end="", flush=True)
             if stream is not None and tokens[0] not in tokenizer.eos_ids:
                 print(stream.put(tokens[0]), end="", flush=True)
 
@@ -447,6 +451,9 @@ def run(main_fn, *args) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush fails no more
+        sys.exit(141)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class Stats:
     k: int
     rounds: int = 0
     accepted: int = 0
-    tokens: int = 0  # emitted per row by the speculative loop (after the first token)
+    tokens: int = 0  # emitted per row by the loop after the first token (its plain steps near the context end too)
     draft_s: float = 0.0
     verify_s: float = 0.0
     loop_s: float = 0.0
@@ -219,7 +219,7 @@ class Speculator:
             if n + k > limit:  # no room left for k+1 positions: finish with plain decode steps
                 over = emit(g.decode_one_token(model, last.view(B, 1), torch.tensor([n - 1], device=device),
                                                **sampling).tolist())
-                n += 1
+                n, stats.tokens = n + 1, stats.tokens + 1
                 continue
             t0 = time.perf_counter()
             pos = torch.arange(n - 1, n + k, device=device)  # (k+1,)

@@ -276,12 +276,14 @@ def rank_from_env() -> tuple[int, int, int]:
 
 
 def _without(argv: list[str], flag: str) -> list[str]:
-    """argv without `flag VALUE` and `flag=VALUE`."""
+    """argv without `flag VALUE` and `flag=VALUE`, flag possibly abbreviated as argparse allows (`--all_red`)."""
     out, skip = [], False
     for a in argv:
-        if not skip and a != flag and not a.startswith(flag + "="):
+        name = a.split("=")[0]
+        match = not skip and len(name) > 2 and name.startswith("--") and flag.startswith(name)
+        if not skip and not match:
             out.append(a)
-        skip = a == flag and not skip
+        skip = match and "=" not in a
     return out
 
 
@@ -303,9 +305,10 @@ def main(argv=None) -> None:
         raise UsageError("--all_reduce symm_mem needs --device cuda")
     shard_args(ModelArgs.from_hf_config(read_config(args.checkpoint)), world_size)  # fail before loading
     if args.device == "cuda":
-        if torch.cuda.device_count() <= local_rank:
-            raise UsageError(f"rank {rank} needs GPU {local_rank} but {torch.cuda.device_count()} are visible: "
-                             "lower --nproc_per_node")
+        n_local = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+        if torch.cuda.device_count() < n_local:  # checked on every rank, so that rank 0 reports it
+            raise UsageError(f"{n_local} ranks on this host need {n_local} GPUs but {torch.cuda.device_count()} "
+                             "are visible: lower --nproc_per_node")
         torch.cuda.set_device(local_rank)  # "cuda" now means this rank's GPU
         dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
     else:
@@ -344,3 +347,6 @@ if __name__ == "__main__":
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # as generate.run
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)

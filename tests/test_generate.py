@@ -1,10 +1,12 @@
 """Generation: the stories260K reference text, tokenizers, batching, sampling, compile, and CLI errors."""
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import run_cli, write_hf_checkpoint
+from conftest import ROOT, run_cli, write_hf_checkpoint
 
 import generate as g
 from tokenizer import StreamDecoder, Tokenizer
@@ -202,6 +204,18 @@ def test_cli_bad_input(stories_dir, extra, message):
     assert r.returncode == 2, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_chat_format_checked_before_loading_and_broken_pipe(stories_dir):
+    r = run_cli("generate.py", "--checkpoint", stories_dir, "--device", "cpu", "--chat")
+    assert r.returncode == 2 and "--chat needs an instruction-tuned checkpoint" in r.stderr, r.stderr
+    assert "Loaded" not in r.stderr  # the weights were not read
+    p = subprocess.Popen([sys.executable, "generate.py", "--checkpoint", str(stories_dir), "--device", "cpu",
+                          "--max_new_tokens", "300"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(20)
+    p.stdout.close()  # as `| head -c 20` does
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err, err
 
 
 def test_cli_missing_files(tmp_path, stories_dir):

@@ -1,6 +1,7 @@
 """Speculative decoding: greedy output equals plain greedy output (stories260K, random models, any k,
 self/quantized/unrelated drafts, prompt lookup), sampled output is distributed as the target's
 (chi-square against the exact distribution), no recompilation, and the CLI."""
+import json
 import math
 import re
 import shutil
@@ -119,6 +120,7 @@ def test_near_context_end_falls_back_to_plain_steps(random_pair):
     prompt = [[i % 60 + 1 for i in range(99)]]  # 99 tokens; the context is 128
     out, stats = speculate(target, prompt, 29, draft, k=8, temperature=0)
     assert out == plain(target, prompt, 29, temperature=0) and stats.rounds > 0
+    assert stats.tokens == 29 - 1  # the plain steps count too (the speed it reports is of every token)
 
 
 # ----------------------------------------------------------------------------------- prompt lookup
@@ -286,6 +288,17 @@ def test_cli_vocabulary_mismatch_before_loading(stories_dir, tmp_path):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "does not share the target's vocabulary" in errors[0]
+
+
+def test_cli_prompt_too_long_for_the_draft_prints_no_prompt(stories_dir, tmp_path):
+    """The error comes when generation starts; the streamed prompt is printed only once it is under way."""
+    shutil.copytree(stories_dir, tmp_path / "draft")
+    cfg = json.loads((tmp_path / "draft" / "config.json").read_text())
+    (tmp_path / "draft" / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 64}))
+    r = run_cli("generate.py", "--checkpoint", stories_dir, "--device", "cpu", "--draft_checkpoint", tmp_path / "draft",
+                "--prompt", "Once upon a time " * 20, "--max_new_tokens", "5", "--temperature", "0")
+    assert r.returncode == 2 and "does not fit the draft's context of 64" in r.stderr, r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
 
 
 def test_bad_arguments(stories, tmp_path):

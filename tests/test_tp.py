@@ -180,6 +180,26 @@ def test_invalid_split_and_missing_environment(stories_dir):
     assert "Traceback" not in r.stderr
 
 
+def test_too_few_gpus_is_reported_by_every_rank(stories_dir, monkeypatch):
+    """Rank 0 (the one that prints) must see it too, not only the ranks whose GPU is missing."""
+    import tp
+    from generate import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for k, v in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(UsageError, match="2 ranks on this host need 2 GPUs but 1 are visible"):
+        tp.main(["--checkpoint", str(stories_dir), "--device", "cuda"])
+
+
+def test_abbreviated_all_reduce_flag_is_removed_for_generate():
+    from tp import _without
+
+    assert _without(["--all_red", "nccl", "--prompt", "x"], "--all_reduce") == ["--prompt", "x"]
+    assert _without(["--all_reduce=nccl", "--seed", "1"], "--all_reduce") == ["--seed", "1"]
+
+
 def test_set_all_reduce_replaces_the_hooks():
     """One all-reduce per attention and FFN however often the hooks are set (two would add the sum twice);
     symm_mem on a model that is not on a CUDA device is a clear error that leaves the hooks as they were."""

@@ -277,7 +277,8 @@ def quantize_model(model: Transformer, mode: str, groupsize: int = 32, calibrati
     if bits == 4:
         odd = [n for n in names if model.get_submodule(n).in_features % groupsize]
         if odd and verbose:
-            print(f"zero-padded to a multiple of {groupsize} input columns: {', '.join(odd)}", file=sys.stderr)
+            print(f"padded to a multiple of {groupsize} input columns (the last column repeated; the activations "
+                  f"padded with zeros): {', '.join(odd)}", file=sys.stderr)
     return model
 
 

@@ -361,9 +361,10 @@ def read_prompts(args) -> list[str]:
     return prompts * args.batch_size
 
 
-def main(argv=None, load_fn=load) -> None:
-    """The CLI; load_fn(checkpoint, device, dtype) -> (model, tokenizer) lets tp.py load a shard."""
-    args = build_parser().parse_args(argv)
+def main(argv=None, load_fn=load, args=None) -> None:
+    """The CLI; load_fn(checkpoint, device, dtype) -> (model, tokenizer) lets tp.py load a shard, and args lets it
+    pass the flags it parsed (generate.py's and its own)."""
+    args = args or build_parser().parse_args(argv)
     check_args(args)
     prompts = read_prompts(args)
     device = args.device

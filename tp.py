@@ -275,28 +275,14 @@ def rank_from_env() -> tuple[int, int, int]:
                          "--nproc_per_node=N tp.py --checkpoint DIR ...") from None
 
 
-def _without(argv: list[str], flag: str) -> list[str]:
-    """argv without `flag VALUE` and `flag=VALUE`, flag possibly abbreviated as argparse allows (`--all_red`)."""
-    out, skip = [], False
-    for a in argv:
-        name = a.split("=")[0]
-        match = not skip and len(name) > 2 and name.startswith("--") and flag.startswith(name)
-        if not skip and not match:
-            out.append(a)
-        skip = match and "=" not in a
-    return out
-
-
 def main(argv=None) -> None:
     """Check the split, join the process group, then run generate.py's main() with this rank's shard."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = generate.build_parser()
     parser.prog, parser.description = "tp.py", __doc__.splitlines()[0]
     parser.add_argument("--all_reduce", choices=["nccl", "symm_mem"], default="nccl",
                         help="nccl (gloo with --device cpu), or symm_mem: PyTorch's one-shot symmetric-memory "
                              "all-reduce for batch-1 decode (CUDA)")
     args = parser.parse_args(argv)
-    argv = _without(argv, "--all_reduce")  # generate.py's parser does not know it
     rank, world_size, local_rank = rank_from_env()
     generate.check_args(args)
     if args.chat:
@@ -317,15 +303,15 @@ def main(argv=None) -> None:
         if args.seed is None:  # every rank must sample the same token: share rank 0's random seed
             seed = [random.randrange(2**31)]
             dist.broadcast_object_list(seed, src=0)
-            argv += ["--seed", str(seed[0])]
+            args.seed = seed[0]
         # Ranks other than 0 run silently; an exception still reaches the caller.
         with contextlib.ExitStack() as quiet:
             if rank != 0:
                 devnull = quiet.enter_context(open(os.devnull, "w"))
                 quiet.enter_context(contextlib.redirect_stdout(devnull))
                 quiet.enter_context(contextlib.redirect_stderr(devnull))
-            generate.main(argv, load_fn=partial(load_sharded, rank=rank, world_size=world_size,
-                                                all_reduce=args.all_reduce))
+            generate.main(args=args, load_fn=partial(load_sharded, rank=rank, world_size=world_size,
+                                                     all_reduce=args.all_reduce))
     finally:
         # With gloo (torch 2.13), destroy_process_group after functional collectives aborted a process
         # ("terminate called without an active exception") in about 1 run in 10; exit releases it too.

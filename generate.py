@@ -443,6 +443,15 @@ def main(argv=None, load_fn=load, args=None) -> None:
         print(stats, file=sys.stderr)
 
 
+def usual_permissions(folder: Path) -> None:
+    """Give a folder written to be renamed into place, and its files, the permissions the umask gives new files:
+    mkdtemp and safetensors create theirs private (quantize.py, scripts/convert_gguf.py)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in [folder, *folder.iterdir()]:
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+
+
 def run(main_fn, *args) -> None:
     """Run a CLI entry point: user errors print one line and exit with status 2, no traceback."""
     try:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import kernels
-from generate import UsageError, one_line_errors, run
+from generate import UsageError, one_line_errors, run, usual_permissions
 from model import CheckpointError, KVCache, Transformer, hf_to_ours, read_config, rope_frequencies, safetensors_files
 
 MODES = ("int8", "int4", "int4-gptq")
@@ -399,10 +399,7 @@ def write_checkpoint(model: Transformer, src: Path, dst: Path) -> None:
     config["quantization"] = model.quantization
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(hf_state_dict(model, float_dtype), tmp / "model.safetensors", metadata={"format": "pt"})
-    umask = os.umask(0)
-    os.umask(umask)
-    for f in [tmp, *tmp.iterdir()]:  # safetensors writes its file private; give the folder the usual permissions
-        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+    usual_permissions(tmp)
     old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
     if dst.exists():
         os.replace(dst, old)
@@ -476,7 +473,7 @@ def check_args(args) -> None:
     dst = args.output = (args.output or src.with_name(name)).resolve()
     # The output replaces only an earlier output of this tool (or an empty folder): never the input, another
     # checkpoint or a folder of the user's files.
-    if dst == src or src.is_relative_to(dst):
+    if src.is_relative_to(dst):  # dst is the input or a folder holding it
         raise UsageError(f"--output {dst} would replace the input checkpoint: choose another directory")
     if dst.exists() and not (dst.is_dir() and (not any(dst.iterdir()) or _is_quantize_output(dst))):
         raise UsageError(f"--output {dst} exists and is not an earlier quantize.py output: choose a new directory "

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from generate import UsageError, one_line_errors, run  # noqa: E402
+from generate import UsageError, one_line_errors, run, usual_permissions  # noqa: E402
 from model import CheckpointError  # noqa: E402
 
 # GGUF tensor name -> Hugging Face name ("{}" is the layer index)
@@ -285,10 +285,7 @@ def convert(gguf_path: Path, out_dir: Path, dtype: torch.dtype = torch.float32) 
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in [tmp, *tmp.iterdir()]:  # mkdtemp made it private; give it the usual permissions
-            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        usual_permissions(tmp)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); os.replace needs the name free
         os.replace(tmp, out_dir)

@@ -87,6 +87,8 @@ USE_TRITON = triton is not None and not os.environ.get("GPTFAST_NO_TRITON")
 USE_DECODE_ATTENTION = USE_TRITON and not os.environ.get("GPTFAST_NO_DECODE_ATTENTION")
 # GPTFAST_NO_SKINNY=1 leaves products of 2-16 rows to the PyTorch path: cuBLAS (linear), dequantize + cuBLAS (int8).
 USE_SKINNY = USE_TRITON and not os.environ.get("GPTFAST_NO_SKINNY")
+# GPTFAST_NO_GATED=1 leaves the SwiGLU after an int8 w13 to its own kernel (swiglu) instead of the GEMV (int8_swiglu).
+USE_GATED = USE_TRITON and not os.environ.get("GPTFAST_NO_GATED")
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 
@@ -168,6 +170,14 @@ def int8_linear(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     return F.linear(x, weight.to(x.dtype) * scales[:, None].to(x.dtype))
 
 
+def int8_swiglu(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    """swiglu(int8_linear(x, weight, scales)), weight the fused [gate; up]. For one row on CUDA the GEMV does it:
+    its programs compute row r of gate and of up and store silu(gate) * up, so the SwiGLU kernel goes."""
+    if _use_triton(x) and USE_GATED:
+        return torch.ops.gptfast.int8_gemv(x, weight, scales, True)
+    return swiglu(int8_linear(x, weight, scales))
+
+
 def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
     """x (..., K) @ dequantized weight^T -> (..., N); K may be below the padded 2 * weight.shape[1]."""
     K_pad = 2 * weight.shape[1]
@@ -211,7 +221,10 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # --kinds skinny_int8 sweeps it.
 # int4 (4, 1024, 4) read 1041-1201 GB/s (2026-11-22), slower than tinygemm, which therefore serves int4
 # on CUDA where it can (quantize.pack_for_device); this kernel takes the layers it cannot.
+# int8_gated (w13 with the SwiGLU): (2, 512, 2) the best of 9 shapes on an H100 (2026-11-27, BENCHMARKS.md run 76),
+# 51.8 us for w13 and w2 of a 7B layer; (2, 1024, 2) 52.6, (4, 1024, 2) 56.3.
 CONFIGS = {"int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
+           "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
            **{G: dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4) for G in (32, 64, 128, 256)}}
@@ -219,7 +232,8 @@ if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
     with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
-        CONFIGS.update({k if k in ("int8", "skinny", "skinny_int8") else int(k): v for k, v in json.load(f).items()})
+        CONFIGS.update({k if k in ("int8", "int8_gated", "skinny", "skinny_int8") else int(k): v
+                        for k, v in json.load(f).items()})
 
 _warned = False
 
@@ -239,8 +253,9 @@ if triton is not None:
 
     @triton.jit
     def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          PDL: tl.constexpr):
-        # y = (w @ x) * s: w int8 (N, K), s the per-row scales.
+                          GATED: tl.constexpr, PDL: tl.constexpr):
+        # y = (w @ x) * s: w int8 (N, K), s the per-row scales. GATED: w has 2N rows, gate then up (the fused
+        # w13), and y = silu(gate) * up: the program computes row r of both, so the SwiGLU costs no kernel.
         # Each program owns BLOCK_N output rows and walks all of K: the reduction stays in registers
         # and the result is written once (no split-K atomics, no zero-fill or cast kernels). The next
         # tile of weights is loaded before the current one is used, so two tiles are in flight.
@@ -248,18 +263,31 @@ if triton is not None:
         row_ok = rows < N
         cols = tl.arange(0, BLOCK_K)
         w_at = w_ptr + rows[:, None] * K + cols[None, :]
+        u_at = w_at + N * K  # the up rows (GATED)
         w = tl.load(w_at, mask=row_ok[:, None] & (cols[None, :] < K), other=0)  # independent of the kernel before
+        u = w
+        if GATED:
+            u = tl.load(u_at, mask=row_ok[:, None] & (cols[None, :] < K), other=0)
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is its output
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # reduced once, after the loop
+        acc_u = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             x = tl.load(x_ptr + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
-            w_next = tl.load(w_at + k0 + BLOCK_K, mask=row_ok[:, None] & (k0 + BLOCK_K + cols[None, :] < K), other=0)
+            next_ok = row_ok[:, None] & (k0 + BLOCK_K + cols[None, :] < K)
+            w_next = tl.load(w_at + k0 + BLOCK_K, mask=next_ok, other=0)
             acc += _int8_to_float(w) * x[None, :]
             w = w_next
+            if GATED:
+                u_next = tl.load(u_at + k0 + BLOCK_K, mask=next_ok, other=0)
+                acc_u += _int8_to_float(u) * x[None, :]
+                u = u_next
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if GATED:
+            up = tl.sum(acc_u, axis=1) * tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
+            y = y / (1.0 + tl.exp(-y)) * up
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
@@ -300,11 +328,12 @@ if triton is not None:
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
-    def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
-        N, K = weight.shape
+    def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
+                         gated: bool = False) -> Tensor:
+        N, K = weight.shape[0] // (2 if gated else 1), weight.shape[1]
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-                                                      num_warps=num_warps, **_pdl(x))
+                                                      GATED=gated, num_warps=num_warps, **_pdl(x))
         return y
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
@@ -493,13 +522,14 @@ if triton is not None:
     # Custom ops: torch.compile treats them as opaque calls (no tracing into Triton) and CUDA graphs
     # capture their launches like any other kernel.
     @torch.library.custom_op("gptfast::int8_gemv", mutates_args=())
-    def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
-        y = int8_gemv_launch(x.reshape(-1).contiguous(), weight, scales, **CONFIGS["int8"])
-        return y.view(*x.shape[:-1], weight.shape[0])
+    def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor, gated: bool = False) -> Tensor:
+        y = int8_gemv_launch(x.reshape(-1).contiguous(), weight, scales, gated=gated,
+                             **CONFIGS["int8_gated" if gated else "int8"])
+        return y.view(*x.shape[:-1], -1)
 
     @int8_gemv.register_fake
-    def _(x, weight, scales):
-        return x.new_empty(*x.shape[:-1], weight.shape[0])
+    def _(x, weight, scales, gated=False):
+        return x.new_empty(*x.shape[:-1], weight.shape[0] // (2 if gated else 1))
 
     @torch.library.custom_op("gptfast::skinny_mm", mutates_args=())
     def skinny_mm(x: Tensor, weight: Tensor, scales: Tensor | None = None) -> Tensor:

@@ -188,6 +188,8 @@ class FeedForward(nn.Module):
         self.w2 = Linear(args.intermediate_size, args.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self.w13, "swiglu"):  # quantize.Int8Linear: the SwiGLU inside its GEMV
+            return self.w2(self.w13.swiglu(x))
         return self.w2(kernels.swiglu(self.w13(x)))  # silu(gate) * up
 
 

@@ -58,6 +58,12 @@ class Int8Linear(nn.Module):
         y = kernels.int8_linear(x, self.weight, self.scales)
         return y if self.bias is None else y + self.bias
 
+    def swiglu(self, x: Tensor) -> Tensor:
+        """silu(gate) * up, gate and up the two halves of this layer's output (model.FeedForward's w13)."""
+        if self.bias is None:
+            return kernels.int8_swiglu(x, self.weight, self.scales)
+        return kernels.swiglu(self(x))
+
 
 class Int4Linear(nn.Module):
     """A linear layer with grouped asymmetric int4 weights, two per byte (layout in kernels.py)."""

@@ -96,6 +96,13 @@ def main():
         err5 = ((torch.ops.gptfast.skinny_mm(x5, q, s).float() - ref5).abs().max() / ref5.abs().max()).item()
         ok &= err_i < 1e-2 and err5 < 1e-2
         print(f"check int8 {name} ({n}x{k}): max rel err {err:.2e}, inductor {err_i:.2e}, 5 rows {err5:.2e}", flush=True)
+        if name == "w13":  # gate and up: the SwiGLU in the GEMV (kernels.int8_swiglu)
+            gate, up = ref.chunk(2, dim=-1)
+            ref_g = F.silu(gate) * up
+            y_g = torch.ops.gptfast.int8_gemv(x, q, s, True).float()
+            err_g = ((y_g - ref_g).abs().max() / ref_g.abs().max()).item()
+            ok &= err_g < 1e-2
+            print(f"check int8 w13 with the SwiGLU: max rel err {err_g:.2e}", flush=True)
         for G in (32, 64, 128):
             pk, s4, z4 = Q.quantize_int4(w, G)
             ref = x.float() @ K.dequantize_int4(pk, s4, z4, G).t()

@@ -99,12 +99,15 @@ def test_one_row_paths_compiled_equal_reference():
 KERNEL_CHECK = """
 import torch, kernels as K, quantize as Q
 torch.manual_seed(0)
-for N, Kd, G, cfg in [(24, 256, 32, (8, 64, 4)), (10, 192, 64, (4, 128, 4)), (16, 384, 128, (8, 256, 4))]:
+for N, Kd, G, cfg in [(24, 256, 32, (8, 64, 4)), (10, 192, 64, (4, 128, 4)), (18, 384, 128, (8, 256, 4))]:
     w, x = torch.randn(N, Kd), torch.randn(Kd)
     q, s = Q.quantize_int8(w)
     q[0, :4] = torch.tensor([-128, 127, 0, -1], dtype=torch.int8)  # the ends of the range convert exactly
     y = K.int8_gemv_launch(x, q, s, *cfg)
     torch.testing.assert_close(y, (x @ q.float().T) * s, atol=1e-4, rtol=1e-4)
+    gate, up = ((x @ q.float().T) * s).chunk(2)  # the first N/2 rows are the gate, the rest the up projection
+    y = K.int8_gemv_launch(x, q, s, *cfg, gated=True)
+    torch.testing.assert_close(y, torch.nn.functional.silu(gate) * up, atol=1e-4, rtol=1e-4)
     p, s4, z4 = Q.quantize_int4(w, G, torch.float32)
     y = K.int4_gemv_launch(x, p, s4, z4, G, *cfg)
     torch.testing.assert_close(y, x @ K.dequantize_int4(p, s4, z4, G).T, atol=1e-4, rtol=1e-4)
@@ -121,6 +124,18 @@ def test_triton_kernels_in_interpreter():
 
 
 # ------------------------------------------------------------------------------- round trips
+def test_int8_compiled_decode_matches_eager(stories_int8):
+    """The int8 model traces whole under torch.compile (generate.py --compile; the w13 product with its SwiGLU
+    in FeedForward) and decodes the eager model's greedy tokens."""
+    q, tok = g.load(stories_int8, "cpu", torch.float32)
+    prompt = tok.encode("Once upon a time")
+    eager = greedy(q, prompt, 40)
+    torch._dynamo.reset()
+    prefill_fn, decode_fn = g.compile_steps(True, False, q)
+    q.setup_caches(1, len(prompt) + 40)
+    assert g.generate(q, [prompt], 40, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn)[0] == eager
+
+
 def test_int8_stories_greedy_equals_float(stories_dir, stories_int8):
     """int8 greedy text equals the float text: measured, all 200 tokens (float32 on CPU)."""
     ref, tok = g.load(stories_dir, "cpu", torch.float32)

@@ -148,7 +148,7 @@ class ChatSession:
         model, device = self.model, self.model.tok_embeddings.weight.device
         new = self.pending + encode(self.tokenizer, self.fmt, self.fmt.user(text, self.system, self.turns == 0))
         start = len(self.ids)
-        if start + len(new) >= model.max_seq_len:
+        if start + len(new) > model.max_seq_len:  # positions start .. start + len(new) - 1 must exist
             raise ContextFull(f"this turn would overflow the context of {model.max_seq_len} tokens")
         with torch.no_grad():
             tok = self.prefill_fn(model, torch.tensor([new], device=device),
@@ -165,7 +165,7 @@ class ChatSession:
             if n == max_new_tokens - 1:
                 self.pending = [t] + self.pending  # sampled but not yet in the cache: the next turn feeds it
                 return
-            if len(self.ids) + 1 >= model.max_seq_len:
+            if len(self.ids) >= model.max_seq_len:  # t would go to position len(self.ids)
                 raise ContextFull(f"the conversation filled the context of {model.max_seq_len} tokens")
             with torch.no_grad():  # clone: a CUDA-graph output is overwritten by the next replay
                 tok = self.decode_fn(model, tok.view(1, 1), input_pos, **self.sampling).clone()

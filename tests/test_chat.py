@@ -134,6 +134,16 @@ def test_context_overflow_is_reported(stories):
         for t in session.send("Hi", 100):
             got.append(t)
     assert got  # the reply so far was delivered before the cache ran out
+    assert len(session.ids) == 40  # every position of the cache was used
+    # A turn that fills the cache exactly is prefilled; its first token is delivered, then the cache is full.
+    session = ChatSession(model, tok, FORMATS["llama2"], temperature=0)
+    n = len(session.pending + encode(tok, FORMATS["llama2"], FORMATS["llama2"].user("Hi", None, True)))
+    model.setup_caches(1, n)
+    got = []
+    with pytest.raises(ContextFull, match=f"filled the context of {n}"):
+        for t in session.send("Hi", 100):
+            got.append(t)
+    assert len(got) == 1 and len(session.ids) == n
 
 
 def test_chat_loop_ends_cleanly(stories, stories_dir, tmp_path, monkeypatch, capsys):

@@ -330,6 +330,7 @@ if triton is not None:
 
     def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
                          gated: bool = False) -> Tensor:
+        assert not (gated and weight.shape[0] % 2), "a gated weight stacks the gate and up halves"
         N, K = weight.shape[0] // (2 if gated else 1), weight.shape[1]
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,

@@ -115,6 +115,34 @@ print("ok")
 """
 
 
+GATED_CHECK = """
+import sys, torch, kernels as K, generate as g
+K._use_triton = lambda x: x.numel() == x.shape[-1]  # one row on the CPU takes the Triton path (the interpreter)
+x, w, s = torch.randn(1, 1, 64), torch.randint(-127, 128, (24, 64), dtype=torch.int8), torch.rand(24)
+torch.library.opcheck(torch.ops.gptfast.int8_gemv.default, (x, w, s, True))  # the fake's shape is the kernel's
+launches, launch = [], K.int8_gemv_launch
+K.int8_gemv_launch = lambda *a, gated=False, **kw: launches.append(gated) or launch(*a, gated=gated, **kw)
+q, tok = g.load(sys.argv[1], "cpu", torch.float32)
+prompt = tok.encode("Once upon a time")
+q.setup_caches(1, len(prompt) + 4)
+eager = g.generate(q, [prompt], 4, temperature=0)[0]
+n = launches.count(True)
+torch._dynamo.reset()
+prefill_fn, decode_fn = g.compile_steps(True, False, q)
+assert g.generate(q, [prompt], 4, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn)[0] == eager
+assert n == launches.count(True) - n == 3 * q.args.n_layers, (n, launches.count(True) - n)  # every decode step, every layer
+print("ok")
+"""
+
+
+def test_gated_int8_gemv_in_the_model(stories_int8):
+    """Batch-1 decode of an int8 model runs w13 with its SwiGLU as one gated GEMV in every layer, eager and
+    compiled (the op's fake shape checked by opcheck), with the same greedy tokens; Triton's interpreter."""
+    pytest.importorskip("triton")
+    r = run_cli("-c", GATED_CHECK, str(stories_int8), env={"TRITON_INTERPRET": "1"})
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
 def test_triton_kernels_in_interpreter():
     """The Triton GEMVs against the PyTorch path, on CPU through Triton's interpreter (tiny shapes,
     partial last K block included). Skipped where Triton is not installed."""

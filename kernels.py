@@ -101,10 +101,6 @@ DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 USE_PDL = (os.environ.get("TORCHINDUCTOR_ENABLE_PDL", "1") != "0" and not os.environ.get("TRITON_INTERPRET")
            and triton is not None and hasattr(getattr(tl.extra, "cuda", None), "gdc_wait"))
 _pdl_devices: dict[int, dict] = {}
-# Experiment toggles (GPU round of session 8): EARLY lets each kernel's dependents launch as soon as it starts;
-# L2_PREFETCH has every int8 GEMV program ask L2 for all of its weight rows before it waits for its input.
-EARLY_TRIGGER = os.environ.get("GPTFAST_EARLY_TRIGGER", "0") == "1"
-L2_PREFETCH = os.environ.get("GPTFAST_L2_PREFETCH", "0") == "1"
 
 
 def _pdl(t: Tensor) -> dict:
@@ -112,7 +108,7 @@ def _pdl(t: Tensor) -> dict:
     know the launch_pdl option, so it is passed only when used."""
     if t.device.index not in _pdl_devices:
         on = USE_PDL and torch.cuda.get_device_capability(t.device)[0] >= 9
-        _pdl_devices[t.device.index] = dict(PDL=True, EARLY=EARLY_TRIGGER, launch_pdl=True) if on else dict(PDL=False, EARLY=False)
+        _pdl_devices[t.device.index] = dict(PDL=True, launch_pdl=True) if on else dict(PDL=False)
     return _pdl_devices[t.device.index]
 
 
@@ -256,18 +252,8 @@ if triton is not None:
         return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2^23 + 8
 
     @triton.jit
-    def _prefetch_rows(w_ptr, row0, n_rows, K):  # L2 prefetch of rows [row0, row0 + n_rows) of a (., K) int8 matrix
-        start, n_bytes = row0 * K, n_rows * K
-        for off in range(0, n_bytes, 64 * 128):
-            at = off + tl.arange(0, 64) * 128  # one 128-byte line per element
-            tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l",
-                                      [w_ptr + start + tl.minimum(at, n_bytes - 1)], dtype=tl.int32,
-                                      is_pure=False, pack=1)
-
-    @triton.jit
     def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          GATED: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = False,
-                          PREFETCH: tl.constexpr = False):
+                          GATED: tl.constexpr, PDL: tl.constexpr):
         # y = (w @ x) * s: w int8 (N, K), s the per-row scales. GATED: w has 2N rows, gate then up (the fused
         # w13), and y = silu(gate) * up: the program computes row r of both, so the SwiGLU costs no kernel.
         # Each program owns BLOCK_N output rows and walks all of K: the reduction stays in registers
@@ -282,12 +268,6 @@ if triton is not None:
         u = w
         if GATED:
             u = tl.load(u_at, mask=row_ok[:, None] & (cols[None, :] < K), other=0)
-        if PREFETCH:  # sm_90: ask L2 now for all of this program's rows (contiguous), ahead of the loop's loads
-            _prefetch_rows(w_ptr, tl.program_id(0) * BLOCK_N, tl.minimum(BLOCK_N, N - tl.program_id(0) * BLOCK_N), K)
-            if GATED:
-                _prefetch_rows(w_ptr + N * K, tl.program_id(0) * BLOCK_N, tl.minimum(BLOCK_N, N - tl.program_id(0) * BLOCK_N), K)
-        if PDL and EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is its output
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # reduced once, after the loop
@@ -302,7 +282,7 @@ if triton is not None:
                 u_next = tl.load(u_at + k0 + BLOCK_K, mask=next_ok, other=0)
                 acc_u += _int8_to_float(u) * x[None, :]
                 u = u_next
-        if PDL and not EARLY:
+        if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         if GATED:
@@ -312,7 +292,7 @@ if triton is not None:
 
     @triton.jit
     def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, G: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = False):
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         # Tiles are 3-D (rows, groups, bytes of a group); a step covers BLOCK_K columns, i.e. NG groups.
         # Like the int8 kernel, products accumulate element-wise and are reduced once after the loop:
         # no reduction (and no shared-memory round trip) inside it.
@@ -324,8 +304,6 @@ if triton is not None:
         g = tl.arange(0, NG)
         j = tl.arange(0, H)
         acc = tl.zeros((BLOCK_N, NG, H), dtype=tl.float32)
-        if PDL and EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is the previous kernel's output
         for k0 in range(0, K, BLOCK_K):
@@ -345,7 +323,7 @@ if triton is not None:
             w_lo = _nibble_minus_8(b.to(tl.int32) & 15) * s3 + z3
             w_hi = _nibble_minus_8(b.to(tl.int32) >> 4) * s3 + z3
             acc += w_lo * x_lo[None, :, :] + w_hi * x_hi[None, :, :]
-        if PDL and not EARLY:
+        if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
@@ -356,8 +334,7 @@ if triton is not None:
         N, K = weight.shape[0] // (2 if gated else 1), weight.shape[1]
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-                                                      GATED=gated, num_warps=num_warps, **_pdl(x),
-                                                      PREFETCH=L2_PREFETCH and _pdl(x)["PDL"])
+                                                      GATED=gated, num_warps=num_warps, **_pdl(x))
         return y
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
@@ -370,7 +347,7 @@ if triton is not None:
 
     @triton.jit
     def _skinny_mm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SCALED: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = False):
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         # y (M, N) = x (M, K) @ w (N, K)^T for a few rows M <= BLOCK_M (batched decode). Each program owns
         # BLOCK_N rows of w and walks all of K, so every weight is read once whatever M; the rows of x are
         # padded to BLOCK_M >= 16 for tl.dot (tensor cores: the arithmetic is free here, the bytes are not).
@@ -378,8 +355,6 @@ if triton is not None:
         # exact in x's dtype) and row n of y is multiplied by s[n], the weight row's scale.
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         m, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_K)
-        if PDL and EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is the previous kernel's output
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -391,7 +366,7 @@ if triton is not None:
                 w = _int8_to_float(w).to(x_ptr.dtype.element_ty)
             x = tl.load(x_ptr + m[:, None] * K + k0 + cols[None, :], mask=(m < M)[:, None] & k_ok[None, :], other=0.0)
             acc = tl.dot(x, tl.trans(w), acc)
-        if PDL and not EARLY:
+        if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         if SCALED:
             acc *= tl.load(s_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[None, :]
@@ -424,10 +399,8 @@ if triton is not None:
     def _decode_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, mask_ptr, pos_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr,
                                  stride_qkv, stride_mask, stride_kb, stride_kh, scale,
                                  H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, N_SLICES: tl.constexpr,
-                                 BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = False):
+                                 BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
         b, kvh, sl = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        if PDL and EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
         if PDL:
             tl.extra.cuda.gdc_wait()  # qkv is the previous kernel's output
         R: tl.constexpr = H // KV
@@ -472,7 +445,7 @@ if triton is not None:
             acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
             l = l * alpha + tl.sum(p, 1)
             m = m_new
-        if PDL and not EARLY:
+        if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         heads = b * H + kvh * R + r  # (BLOCK_R,) row of each query head in (B * H, ...) outputs
         if N_SLICES == 1:
@@ -485,18 +458,16 @@ if triton is not None:
 
     @triton.jit
     def _merge_slices_kernel(part_ptr, m_ptr, l_ptr, out_ptr, N_SLICES: tl.constexpr, BLOCK: tl.constexpr,
-                             D: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = False):
+                             D: tl.constexpr, PDL: tl.constexpr):
         # softmax(all) @ V from per-slice (max m, sum l, unnormalised acc); an empty slice has l = 0, m = -1e30
         bh, sl, dd = tl.program_id(0), tl.arange(0, BLOCK), tl.arange(0, D)
         ok = sl < N_SLICES
-        if PDL and EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
         if PDL:
             tl.extra.cuda.gdc_wait()
         m = tl.load(m_ptr + bh * N_SLICES + sl, mask=ok, other=-1e30)
         l = tl.load(l_ptr + bh * N_SLICES + sl, mask=ok, other=0.0)
         acc = tl.load(part_ptr + (bh * N_SLICES + sl)[:, None] * D + dd[None, :], mask=ok[:, None], other=0.0)
-        if PDL and not EARLY:
+        if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         w = tl.exp2(m - tl.max(m, 0))
         y = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
@@ -529,16 +500,14 @@ if triton is not None:
         return y
 
     @triton.jit
-    def _swiglu_kernel(x_ptr, y_ptr, I, BLOCK: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = False):
+    def _swiglu_kernel(x_ptr, y_ptr, I, BLOCK: tl.constexpr, PDL: tl.constexpr):
         # row r of x is [gate (I), up (I)]; y[r] = silu(gate) * up, in float32, rounded once
         row, cols = tl.program_id(0).to(tl.int64), tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        if PDL and EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
         if PDL:
             tl.extra.cuda.gdc_wait()
         gate = tl.load(x_ptr + row * 2 * I + cols, mask=cols < I, other=0.0).to(tl.float32)
         up = tl.load(x_ptr + row * 2 * I + I + cols, mask=cols < I, other=0.0).to(tl.float32)
-        if PDL and not EARLY:
+        if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         tl.store(y_ptr + row * I + cols, (gate / (1.0 + tl.exp(-gate)) * up).to(y_ptr.dtype.element_ty), mask=cols < I)
 

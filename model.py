@@ -126,10 +126,13 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear; on CUDA, batched decode's products go to a kernel that reads each weight once (kernels.linear)."""
+    """nn.Linear; on CUDA, batched decode's products go to a kernel that reads each weight once (kernels.linear).
+    Like every linear layer here (quantize.py's too) it takes the RMSNorm before it and the residual added after
+    it, residual + linear(norm(x)), so that a kernel may fuse them (the int8 GEMV does; here Inductor fuses them)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return kernels.linear(x, self.weight, self.bias)
+    def forward(self, x: Tensor, norm: RMSNorm | None = None, residual: Tensor | None = None) -> Tensor:
+        y = kernels.linear(x if norm is None else norm(x), self.weight, self.bias)
+        return y if residual is None else residual + y
 
 
 class KVCache(nn.Module):
@@ -152,20 +155,23 @@ class KVCache(nn.Module):
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
+        self.add_residual = True  # tp.py: only rank 0 adds it, before the all-reduce
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         qkv_out = (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
         self.wqkv = Linear(args.dim, qkv_out, bias=args.qkv_bias)
         self.wo = Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
+    def forward(self, x: Tensor, norm: RMSNorm, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
+        """x + attention(norm(x))"""
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.wqkv(x)
+        qkv = self.wqkv(x, norm=norm)
+        residual = x if self.add_residual else None
         if T == 1 and kernels.use_decode_attention(qkv, self.kv_cache.k):  # on CUDA, all of the below in one kernel
             y = torch.ops.gptfast.decode_attention(qkv.view(B, -1), cos.view(B, -1), sin.view(B, -1),
                                                    mask.view(B, -1), input_pos, self.kv_cache.k, self.kv_cache.v, H)
-            return self.wo(y.view(B, 1, H * D))
+            return self.wo(y.view(B, 1, H * D), residual=residual)
         q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
         q = apply_rope(q.view(B, T, H, D), cos, sin)
         k = apply_rope(k.view(B, T, KV, D), cos, sin)
@@ -178,7 +184,7 @@ class Attention(nn.Module):
         mask = mask.unsqueeze(2).expand(B, 1, R, T, mask.shape[-1]).reshape(B, 1, R * T, -1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, KV, R * T, D)
         y = y.view(B, KV, R, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H * D)
-        return self.wo(y)
+        return self.wo(y, residual=residual)
 
 
 class FeedForward(nn.Module):
@@ -186,11 +192,15 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w13 = Linear(args.dim, 2 * args.intermediate_size, bias=False)  # gate and up, fused
         self.w2 = Linear(args.intermediate_size, args.dim, bias=False)
+        self.add_residual = True  # tp.py: only rank 0 adds it, before the all-reduce
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, norm: RMSNorm) -> Tensor:
+        """x + w2(silu(gate) * up), [gate; up] = w13(norm(x))"""
         if hasattr(self.w13, "swiglu"):  # quantize.Int8Linear: the SwiGLU inside its GEMV
-            return self.w2(self.w13.swiglu(x))
-        return self.w2(kernels.swiglu(self.w13(x)))  # silu(gate) * up
+            a = self.w13.swiglu(x, norm=norm)
+        else:
+            a = kernels.swiglu(self.w13(x, norm=norm))
+        return self.w2(a, residual=x if self.add_residual else None)
 
 
 class RMSNorm(nn.Module):
@@ -212,8 +222,8 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(args)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, input_pos)
-        return h + self.feed_forward(self.ffn_norm(h))
+        h = self.attention(x, self.attention_norm, cos, sin, mask, input_pos)  # x + attention(attention_norm(x))
+        return self.feed_forward(h, self.ffn_norm)  # h + feed_forward(ffn_norm(h))
 
 
 class Transformer(nn.Module):
@@ -272,7 +282,7 @@ class Transformer(nn.Module):
 
     def head(self, x: Tensor) -> Tensor:
         """Final norm and output layer: hidden states (B, T, dim) -> logits (B, T, vocab)."""
-        return self.output(self.norm(x))
+        return self.output(x, norm=self.norm)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.bfloat16) -> "Transformer":

@@ -161,9 +161,11 @@ def set_all_reduce(model: Transformer, all_reduce: str = "nccl") -> Transformer:
     return model
 
 
-def _drop_biases(model: Transformer, rank: int) -> None:
-    """The row-parallel layers' biases stay on rank 0 only (added once, after the all-reduce)."""
+def _rank0_adds(model: Transformer, rank: int) -> None:
+    """The row-parallel layers' biases and the residual stream stay on rank 0 only (added once by the all-reduce,
+    which sums the ranks' outputs)."""
     for layer in model.layers:
+        layer.attention.add_residual = layer.feed_forward.add_residual = rank == 0
         for linear in (layer.attention.wo, layer.feed_forward.w2):
             if rank != 0 and getattr(linear, "bias", None) is not None:
                 linear.bias = None
@@ -201,9 +203,9 @@ def shard_model(model: Transformer, rank: int, world_size: int, all_reduce: str 
 
 
 def _load_into(shard: Transformer, state: dict[str, Tensor], rank: int, all_reduce: str, path="model") -> Transformer:
-    """Drop the biases other ranks add (first: the check must not expect them), check and assign the rank's
-    tensors, then add the all-reduce hooks."""
-    _drop_biases(shard, rank)
+    """Leave the biases and the residual to rank 0 (first: the check must not expect the biases), check and
+    assign the rank's tensors, then add the all-reduce hooks."""
+    _rank0_adds(shard, rank)
     return set_all_reduce(assign_weights(shard, state, path), all_reduce)
 
 

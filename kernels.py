@@ -89,8 +89,8 @@ USE_DECODE_ATTENTION = USE_TRITON and not os.environ.get("GPTFAST_NO_DECODE_ATTE
 USE_SKINNY = USE_TRITON and not os.environ.get("GPTFAST_NO_SKINNY")
 # GPTFAST_NO_GATED=1 leaves the SwiGLU after an int8 w13 to its own kernel (swiglu) instead of the GEMV (int8_swiglu).
 USE_GATED = USE_TRITON and not os.environ.get("GPTFAST_NO_GATED")
-# GPTFAST_NO_FUSED_NORM=1 leaves the RMSNorm before an int8 GEMV and the residual add after it to kernels of their own.
-USE_FUSED_NORM = USE_TRITON and not os.environ.get("GPTFAST_NO_FUSED_NORM")
+# GPTFAST_NO_FUSED_ADD=1 leaves the residual add after an int8 GEMV (wo, w2) to a kernel of its own.
+USE_FUSED_ADD = USE_TRITON and not os.environ.get("GPTFAST_NO_FUSED_ADD")
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 
@@ -158,20 +158,16 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
-def int8_linear(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None = None, norm=None,
+def int8_linear(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None = None,
                 residual: Tensor | None = None) -> Tensor:
-    """residual + (norm(x) (..., K) @ dequantized weight^T + bias) -> (..., N); norm (an RMSNorm: .weight, .eps)
-    and residual optional. For one row on CUDA the GEMV applies both (int8_gemv_launch), so a decode step
-    runs no separate norm or add kernel around it."""
-    if _use_triton(x) and bias is None and (USE_FUSED_NORM or (norm is None and residual is None)):
-        return torch.ops.gptfast.int8_gemv(x, weight, scales, False, *_norm_args(norm), residual)
-    y = _int8_product(x if norm is None else norm(x), weight, scales)
+    """x (..., K) @ dequantized weight^T + bias + residual -> (..., N). For one row on CUDA the GEMV adds the
+    residual as it stores its output (of the residual add kernel, about 1 us a layer, it costs 0.7 us a 7B layer
+    on an H200: BENCHMARKS.md run 85)."""
+    if _use_triton(x) and bias is None and (USE_FUSED_ADD or residual is None):
+        return torch.ops.gptfast.int8_gemv(x, weight, scales, False, residual)
+    y = _int8_product(x, weight, scales)
     y = y if bias is None else y + bias
     return y if residual is None else residual + y
-
-
-def _norm_args(norm) -> tuple:
-    return (None, 0.0) if norm is None else (norm.weight, norm.eps)
 
 
 def _int8_product(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
@@ -187,14 +183,12 @@ def _int8_product(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     return F.linear(x, weight.to(x.dtype) * scales[:, None].to(x.dtype))
 
 
-def int8_swiglu(x: Tensor, weight: Tensor, scales: Tensor, norm=None) -> Tensor:
-    """swiglu(int8_linear(x, weight, scales, norm=norm)), weight the fused [gate; up]. For one row on CUDA the GEMV
-    does it: its programs compute row r of gate and of up and store silu(gate) * up, so the SwiGLU kernel goes."""
-    if norm is not None and not USE_FUSED_NORM:
-        x, norm = norm(x), None
+def int8_swiglu(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    """swiglu(int8_linear(x, weight, scales)), weight the fused [gate; up]. For one row on CUDA the GEMV does it:
+    its programs compute row r of gate and of up and store silu(gate) * up, so the SwiGLU kernel goes."""
     if _use_triton(x) and USE_GATED:
-        return torch.ops.gptfast.int8_gemv(x, weight, scales, True, *_norm_args(norm))
-    return swiglu(int8_linear(x, weight, scales, norm=norm))
+        return torch.ops.gptfast.int8_gemv(x, weight, scales, True)
+    return swiglu(int8_linear(x, weight, scales))
 
 
 def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
@@ -271,14 +265,12 @@ if triton is not None:
         return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2^23 + 8
 
     @triton.jit
-    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, g_ptr, r_ptr, y_ptr, N, K, eps, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr, GATED: tl.constexpr, NORM: tl.constexpr, RESIDUAL: tl.constexpr,
-                          PDL: tl.constexpr):
+    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          GATED: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr):
         # y = (w @ x) * s: w int8 (N, K), s the per-row scales. GATED: w has 2N rows, gate then up (the fused
         # w13), and y = silu(gate) * up: the program computes row r of both, so the SwiGLU costs no kernel.
-        # NORM: x is RMS-normalised and scaled by g first; as w @ (g * x / rms(x)) = (w @ (g * x)) / rms(x), the
-        # program sums x^2 on the way and divides once at the end. RESIDUAL: y = r + y, rounded as the separate
-        # add rounds it. So a decode step's norms and residual adds need no kernels of their own.
+        # RESIDUAL: y = r + y, rounded as a separate add would round it, which then costs no kernel either.
+        # (The RMSNorm before wqkv and w13 measured slower inside this kernel than as Inductor's: BENCHMARKS.md.)
         # Each program owns BLOCK_N output rows and walks all of K: the reduction stays in registers
         # and the result is written once (no split-K atomics, no zero-fill or cast kernels). The next
         # tile of weights is loaded before the current one is used, so two tiles are in flight.
@@ -295,12 +287,8 @@ if triton is not None:
             tl.extra.cuda.gdc_wait()  # x is its output
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # reduced once, after the loop
         acc_u = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        ss = 0.0
         for k0 in range(0, K, BLOCK_K):
             x = tl.load(x_ptr + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
-            if NORM:
-                ss += tl.sum(x * x)
-                x *= tl.load(g_ptr + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
             next_ok = row_ok[:, None] & (k0 + BLOCK_K + cols[None, :] < K)
             w_next = tl.load(w_at + k0 + BLOCK_K, mask=next_ok, other=0)
             acc += _int8_to_float(w) * x[None, :]
@@ -312,10 +300,8 @@ if triton is not None:
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        inv_rms = tl.rsqrt(ss / K + eps) if NORM else 1.0
-        y *= inv_rms
         if GATED:
-            up = tl.sum(acc_u, axis=1) * tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32) * inv_rms
+            up = tl.sum(acc_u, axis=1) * tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
             y = y / (1.0 + tl.exp(-y)) * up
         if RESIDUAL:
             y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + tl.load(r_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
@@ -360,17 +346,14 @@ if triton is not None:
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
-                         gated: bool = False, norm_weight: Tensor | None = None, eps: float = 0.0,
-                         residual: Tensor | None = None) -> Tensor:
-        """One row x (K,) -> (N,), with the options of _int8_gemv_kernel: gated, norm_weight (then x is
-        RMS-normalised with eps and scaled by it first), residual (N,) added to the result."""
+                         gated: bool = False, residual: Tensor | None = None) -> Tensor:
+        """One row x (K,) -> (N,); gated: the SwiGLU of the two halves (N / 2,); residual (N,): added."""
         assert not (gated and weight.shape[0] % 2), "a gated weight stacks the gate and up halves"
         N, K = weight.shape[0] // (2 if gated else 1), weight.shape[1]
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
-            x, weight, scales, x if norm_weight is None else norm_weight, x if residual is None else residual, y,
-            N, K, eps, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GATED=gated, NORM=norm_weight is not None,
-            RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
+            x, weight, scales, x if residual is None else residual, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+            GATED=gated, RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
         return y
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
@@ -559,15 +542,15 @@ if triton is not None:
     # Custom ops: torch.compile treats them as opaque calls (no tracing into Triton) and CUDA graphs
     # capture their launches like any other kernel.
     @torch.library.custom_op("gptfast::int8_gemv", mutates_args=())
-    def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor, gated: bool = False, norm_weight: Tensor | None = None,
-                  eps: float = 0.0, residual: Tensor | None = None) -> Tensor:
-        y = int8_gemv_launch(x.reshape(-1).contiguous(), weight, scales, gated=gated, norm_weight=norm_weight, eps=eps,
+    def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor, gated: bool = False,
+                  residual: Tensor | None = None) -> Tensor:
+        y = int8_gemv_launch(x.reshape(-1).contiguous(), weight, scales, gated=gated,
                              residual=None if residual is None else residual.reshape(-1).contiguous(),
                              **CONFIGS["int8_gated" if gated else "int8"])
         return y.view(*x.shape[:-1], -1)
 
     @int8_gemv.register_fake
-    def _(x, weight, scales, gated=False, norm_weight=None, eps=0.0, residual=None):
+    def _(x, weight, scales, gated=False, residual=None):
         return x.new_empty(*x.shape[:-1], weight.shape[0] // (2 if gated else 1))
 
     @torch.library.custom_op("gptfast::skinny_mm", mutates_args=())

@@ -127,11 +127,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class Linear(nn.Linear):
     """nn.Linear; on CUDA, batched decode's products go to a kernel that reads each weight once (kernels.linear).
-    Like every linear layer here (quantize.py's too) it takes the RMSNorm before it and the residual added after
-    it, residual + linear(norm(x)), so that a kernel may fuse them (the int8 GEMV does; here Inductor fuses them)."""
+    Like every linear layer here (quantize.py's too) it takes the residual to add to its output, so that a kernel
+    may add it as it stores the output (the int8 GEMV does; Inductor fuses the add into its own kernels)."""
 
-    def forward(self, x: Tensor, norm: RMSNorm | None = None, residual: Tensor | None = None) -> Tensor:
-        y = kernels.linear(x if norm is None else norm(x), self.weight, self.bias)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        y = kernels.linear(x, self.weight, self.bias)
         return y if residual is None else residual + y
 
 
@@ -166,7 +166,7 @@ class Attention(nn.Module):
         """x + attention(norm(x))"""
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.wqkv(x, norm=norm)
+        qkv = self.wqkv(norm(x))
         residual = x if self.add_residual else None
         if T == 1 and kernels.use_decode_attention(qkv, self.kv_cache.k):  # on CUDA, all of the below in one kernel
             y = torch.ops.gptfast.decode_attention(qkv.view(B, -1), cos.view(B, -1), sin.view(B, -1),
@@ -197,9 +197,9 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor, norm: RMSNorm) -> Tensor:
         """x + w2(silu(gate) * up), [gate; up] = w13(norm(x))"""
         if hasattr(self.w13, "swiglu"):  # quantize.Int8Linear: the SwiGLU inside its GEMV
-            a = self.w13.swiglu(x, norm=norm)
+            a = self.w13.swiglu(norm(x))
         else:
-            a = kernels.swiglu(self.w13(x, norm=norm))
+            a = kernels.swiglu(self.w13(norm(x)))
         return self.w2(a, residual=x if self.add_residual else None)
 
 
@@ -282,7 +282,7 @@ class Transformer(nn.Module):
 
     def head(self, x: Tensor) -> Tensor:
         """Final norm and output layer: hidden states (B, T, dim) -> logits (B, T, vocab)."""
-        return self.output(x, norm=self.norm)
+        return self.output(self.norm(x))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype=torch.bfloat16) -> "Transformer":

@@ -54,15 +54,15 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", torch.empty(out_features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
 
-    def forward(self, x: Tensor, norm=None, residual: Tensor | None = None) -> Tensor:
-        """residual + self(norm(x)), as model.Linear; one kernel for a decode step on CUDA."""
-        return kernels.int8_linear(x, self.weight, self.scales, self.bias, norm, residual)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """The product, plus residual if given (model.Linear)."""
+        return kernels.int8_linear(x, self.weight, self.scales, self.bias, residual)
 
-    def swiglu(self, x: Tensor, norm=None) -> Tensor:
-        """silu(gate) * up, gate and up the two halves of self(norm(x)) (model.FeedForward's w13)."""
+    def swiglu(self, x: Tensor) -> Tensor:
+        """silu(gate) * up, gate and up the two halves of this layer's output (model.FeedForward's w13)."""
         if self.bias is None:
-            return kernels.int8_swiglu(x, self.weight, self.scales, norm)
-        return kernels.swiglu(self(x, norm))
+            return kernels.int8_swiglu(x, self.weight, self.scales)
+        return kernels.swiglu(self(x))
 
 
 class Int4Linear(nn.Module):
@@ -77,9 +77,8 @@ class Int4Linear(nn.Module):
         self.register_buffer("zeros", torch.empty(out_features, k_pad // groupsize, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
 
-    def forward(self, x: Tensor, norm=None, residual: Tensor | None = None) -> Tensor:
-        """residual + self(norm(x)), as model.Linear."""
-        x = x if norm is None else norm(x)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """The product, plus residual if given (model.Linear)."""
         if hasattr(self, "packed"):  # tinygemm's layout (pack_for_device)
             y = kernels.tinygemm_linear(x, self.packed, self.scales_zeros, self.groupsize)
         else:
@@ -311,13 +310,12 @@ def _gptq_model(model: Transformer, names: list[str], groupsize: int, tokens: Te
         H = {k: torch.zeros(m.in_features, m.in_features, device=dev) for k, m in modules.items()}
 
         def hook(key):
-            def f(_, args, kwargs):  # the layer's input: the block passes x and the norm before it (model.Linear)
-                x = args[0] if kwargs.get("norm") is None else kwargs["norm"](args[0])
-                x = x.reshape(-1, x.shape[-1]).float()  # (b * T, in)
+            def f(_, inputs, __):
+                x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()  # (b * T, in)
                 H[key].addmm_(x.T, x)
             return f
 
-        handles = [m.register_forward_pre_hook(hook(k), with_kwargs=True) for k, m in modules.items()]
+        handles = [m.register_forward_hook(hook(k)) for k, m in modules.items()]
         run()
         for h in handles:
             h.remove()

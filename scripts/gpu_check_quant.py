@@ -25,7 +25,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import kernels as K  # noqa: E402
 import quantize as Q  # noqa: E402
-from model import rms_norm  # noqa: E402
 
 SHAPES = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2": (4096, 11008)}  # (N, K)
 COPIES = 4
@@ -97,14 +96,12 @@ def main():
         err5 = ((torch.ops.gptfast.skinny_mm(x5, q, s).float() - ref5).abs().max() / ref5.abs().max()).item()
         ok &= err_i < 1e-2 and err5 < 1e-2
         print(f"check int8 {name} ({n}x{k}): max rel err {err:.2e}, inductor {err_i:.2e}, 5 rows {err5:.2e}", flush=True)
-        # the RMSNorm before the product and the residual add after it, in the GEMV (kernels.int8_linear)
-        g = (torch.rand(k, device=dev, generator=gen) + 0.5).to(bf16)
+        # the residual add after the product, in the GEMV (kernels.int8_linear)
         r = torch.randn(1, n, device=dev, dtype=bf16, generator=gen)
-        prod = (rms_norm(x.float(), g.float(), 1e-5) @ q.float().t()) * s.float()
-        y_f = torch.ops.gptfast.int8_gemv(x, q, s, False, g, 1e-5, r).float()
-        err_f = ((y_f - r.float() - prod).abs().max() / prod.abs().max()).item()
-        ok &= err_f < 1e-2
-        print(f"check int8 {name} with the norm and the residual: max rel err {err_f:.2e}", flush=True)
+        y_r = torch.ops.gptfast.int8_gemv(x, q, s, False, r).float()
+        err_r = ((y_r - r.float() - ref).abs().max() / ref.abs().max()).item()
+        ok &= err_r < 1e-2
+        print(f"check int8 {name} with the residual: max rel err {err_r:.2e}", flush=True)
         if name == "w13":  # gate and up: the SwiGLU in the GEMV (kernels.int8_swiglu)
             gate, up = ref.chunk(2, dim=-1)
             ref_g = F.silu(gate) * up
@@ -112,12 +109,6 @@ def main():
             err_g = ((y_g - ref_g).abs().max() / ref_g.abs().max()).item()
             ok &= err_g < 1e-2
             print(f"check int8 w13 with the SwiGLU: max rel err {err_g:.2e}", flush=True)
-            gate, up = prod.chunk(2, dim=-1)
-            ref_g = F.silu(gate) * up
-            y_g = torch.ops.gptfast.int8_gemv(x, q, s, True, g, 1e-5).float()
-            err_g = ((y_g - ref_g).abs().max() / ref_g.abs().max()).item()
-            ok &= err_g < 1e-2
-            print(f"check int8 w13 with the norm and the SwiGLU: max rel err {err_g:.2e}", flush=True)
         for G in (32, 64, 128):
             pk, s4, z4 = Q.quantize_int4(w, G)
             ref = x.float() @ K.dequantize_int4(pk, s4, z4, G).t()

@@ -97,7 +97,7 @@ def test_one_row_paths_compiled_equal_reference():
 
 
 KERNEL_CHECK = """
-import torch, kernels as K, quantize as Q, model
+import torch, kernels as K, quantize as Q
 torch.manual_seed(0)
 for N, Kd, G, cfg in [(24, 256, 32, (8, 64, 4)), (10, 192, 64, (4, 128, 4)), (18, 384, 128, (8, 256, 4))]:
     w, x = torch.randn(N, Kd), torch.randn(Kd)
@@ -108,14 +108,9 @@ for N, Kd, G, cfg in [(24, 256, 32, (8, 64, 4)), (10, 192, 64, (4, 128, 4)), (18
     gate, up = ((x @ q.float().T) * s).chunk(2)  # the first N/2 rows are the gate, the rest the up projection
     y = K.int8_gemv_launch(x, q, s, *cfg, gated=True)
     torch.testing.assert_close(y, torch.nn.functional.silu(gate) * up, atol=1e-4, rtol=1e-4)
-    # the RMSNorm before the product and the residual after it, fused (model.rms_norm is the reference)
-    g, r = torch.rand(Kd) + 0.5, torch.randn(N)
-    xn = model.rms_norm(3 * x, g, 1e-5)
-    y = K.int8_gemv_launch(3 * x, q, s, *cfg, norm_weight=g, eps=1e-5, residual=r)
-    torch.testing.assert_close(y, r + (xn @ q.float().T) * s, atol=1e-4, rtol=1e-4)
-    gate, up = ((xn @ q.float().T) * s).chunk(2)
-    y = K.int8_gemv_launch(3 * x, q, s, *cfg, gated=True, norm_weight=g, eps=1e-5)
-    torch.testing.assert_close(y, torch.nn.functional.silu(gate) * up, atol=1e-4, rtol=1e-4)
+    r = torch.randn(N)  # the residual added as the output is stored
+    y = K.int8_gemv_launch(x, q, s, *cfg, residual=r)
+    torch.testing.assert_close(y, r + (x @ q.float().T) * s, atol=1e-4, rtol=1e-4)
     p, s4, z4 = Q.quantize_int4(w, G, torch.float32)
     y = K.int4_gemv_launch(x, p, s4, z4, G, *cfg)
     torch.testing.assert_close(y, x @ K.dequantize_int4(p, s4, z4, G).T, atol=1e-4, rtol=1e-4)
@@ -128,30 +123,30 @@ import sys, torch, kernels as K, generate as g
 q, tok = g.load(sys.argv[1], "cpu", torch.float32)
 prompt = tok.encode("Once upon a time")
 q.setup_caches(1, len(prompt) + 4)
-ref = g.generate(q, [prompt], 4, temperature=0)[0]  # the PyTorch path: norm, product, SwiGLU and add apart
+ref = g.generate(q, [prompt], 4, temperature=0)[0]  # the PyTorch path: product, SwiGLU and residual add apart
 K._use_triton = lambda x: x.numel() == x.shape[-1]  # one row on the CPU takes the Triton path (the interpreter)
-x, w, s, n, r = torch.randn(1, 1, 64), torch.randint(-127, 128, (24, 64), dtype=torch.int8), torch.rand(24), \
-    torch.rand(64), torch.randn(1, 1, 24)
-for args in [(x, w, s, True, n, 1e-5), (x, w, s, False, n, 1e-5, r)]:  # the fake's shape is the kernel's
+x, w, s, r = torch.randn(1, 1, 64), torch.randint(-127, 128, (24, 64), dtype=torch.int8), torch.rand(24), \
+    torch.randn(1, 1, 24)
+for args in [(x, w, s, True), (x, w, s, False, r)]:  # the fake's shape is the kernel's
     torch.library.opcheck(torch.ops.gptfast.int8_gemv.default, args)
 launches, launch = [], K.int8_gemv_launch
 K.int8_gemv_launch = lambda *a, **kw: launches.append(
-    (kw.get("gated", False), kw.get("norm_weight") is not None, kw.get("residual") is not None)) or launch(*a, **kw)
+    (kw.get("gated", False), kw.get("residual") is not None)) or launch(*a, **kw)
 assert g.generate(q, [prompt], 4, temperature=0)[0] == ref
 eager = list(launches)
 torch._dynamo.reset()
 prefill_fn, decode_fn = g.compile_steps(True, False, q)
 assert g.generate(q, [prompt], 4, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn)[0] == ref
-layer = [(False, True, False), (False, False, True), (True, True, False), (False, False, True)]  # wqkv wo w13 w2
+layer = [(False, False), (False, True), (True, False), (False, True)]  # wqkv, wo + x, w13 + SwiGLU, w2 + h
 assert eager == launches[len(eager):] == layer * q.args.n_layers * 3, launches  # every decode step, every layer
 print("ok")
 """
 
 
 def test_gated_int8_gemv_in_the_model(stories_int8):
-    """Batch-1 decode of an int8 model runs each layer as four GEMVs: wqkv with the RMSNorm before it, wo with the
-    residual add, w13 with the norm and the SwiGLU, w2 with the add; eager and compiled (the op's fake shapes
-    checked by opcheck), with the PyTorch path's greedy tokens; Triton's interpreter."""
+    """Batch-1 decode of an int8 model runs each layer's products as four GEMVs: wqkv, wo with the residual add,
+    w13 with the SwiGLU, w2 with the residual add; eager and compiled (the op's fake shapes checked by opcheck),
+    with the PyTorch path's greedy tokens; Triton's interpreter."""
     pytest.importorskip("triton")
     r = run_cli("-c", GATED_CHECK, str(stories_int8), env={"TRITON_INTERPRET": "1"})
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

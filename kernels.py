@@ -160,14 +160,18 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def int8_linear(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None = None,
                 residual: Tensor | None = None) -> Tensor:
-    """x (..., K) @ dequantized weight^T + bias + residual -> (..., N). For one row on CUDA the GEMV adds the
-    residual as it stores its output (of the residual add kernel, about 1 us a layer, it costs 0.7 us a 7B layer
-    on an H200: BENCHMARKS.md run 85)."""
-    if _use_triton(x) and bias is None and (USE_FUSED_ADD or residual is None):
+    """x (..., K) @ dequantized weight^T + bias + residual -> (..., N). For one row on CUDA and no bias the GEMV
+    adds the residual (of x's shape and dtype) as it stores its output: 0.7 us more a 7B layer on an H200, and no
+    add kernel (BENCHMARKS.md runs 85, 87)."""
+    if _use_triton(x) and bias is None and (residual is None or _fused_add(x, weight, residual)):
         return torch.ops.gptfast.int8_gemv(x, weight, scales, False, residual)
     y = _int8_product(x, weight, scales)
     y = y if bias is None else y + bias
     return y if residual is None else residual + y
+
+
+def _fused_add(x: Tensor, weight: Tensor, residual: Tensor) -> bool:
+    return USE_FUSED_ADD and residual.dtype == x.dtype and residual.shape == (*x.shape[:-1], weight.shape[0])
 
 
 def _int8_product(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
@@ -304,7 +308,8 @@ if triton is not None:
             up = tl.sum(acc_u, axis=1) * tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
             y = y / (1.0 + tl.exp(-y)) * up
         if RESIDUAL:
-            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + tl.load(r_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+            r = tl.load(r_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
@@ -350,6 +355,7 @@ if triton is not None:
         """One row x (K,) -> (N,); gated: the SwiGLU of the two halves (N / 2,); residual (N,): added."""
         assert not (gated and weight.shape[0] % 2), "a gated weight stacks the gate and up halves"
         N, K = weight.shape[0] // (2 if gated else 1), weight.shape[1]
+        assert residual is None or (residual.numel() == N and residual.dtype == x.dtype), "residual: (N,), x's dtype"
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
             x, weight, scales, x if residual is None else residual, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,

@@ -163,7 +163,7 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: Tensor, norm: RMSNorm, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
-        """x + attention(norm(x))"""
+        """x + attention(norm(x)); attention(norm(x)) alone where add_residual is off (tp.py: ranks other than 0)"""
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.wqkv(norm(x))
@@ -195,7 +195,7 @@ class FeedForward(nn.Module):
         self.add_residual = True  # tp.py: only rank 0 adds it, before the all-reduce
 
     def forward(self, x: Tensor, norm: RMSNorm) -> Tensor:
-        """x + w2(silu(gate) * up), [gate; up] = w13(norm(x))"""
+        """x + w2(silu(gate) * up), [gate; up] = w13(norm(x)); without x where add_residual is off (tp.py)"""
         if hasattr(self.w13, "swiglu"):  # quantize.Int8Linear: the SwiGLU inside its GEMV
             a = self.w13.swiglu(norm(x))
         else:

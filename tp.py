@@ -11,7 +11,8 @@ the same token (same seed everywhere) with no collective beyond the two per laye
 layer would save its 1/N share of the weights (2% of Llama-2-7B) at the cost of a third collective.
 
 Each rank builds its shard on the meta device from the checkpoint's config.json with the rank's head
-counts and FFN width (a plain Transformer of the shard's shapes: model.py is unchanged), then reads only
+counts and FFN width (a plain Transformer of the shard's shapes; ranks other than 0 leave the residual
+stream to rank 0: add_residual), then reads only
 its slices from the safetensors files. The rest (prompts, sampling, compile, speculation, output) is
 generate.py's main(), run on every rank; ranks other than 0 print nothing.
 """

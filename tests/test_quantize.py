@@ -119,7 +119,7 @@ print("ok")
 
 
 GATED_CHECK = """
-import sys, torch, kernels as K, generate as g
+import os, sys, torch, kernels as K, generate as g, quantize as Q
 q, tok = g.load(sys.argv[1], "cpu", torch.float32)
 prompt = tok.encode("Once upon a time")
 q.setup_caches(1, len(prompt) + 4)
@@ -129,6 +129,9 @@ x, w, s, r = torch.randn(1, 1, 64), torch.randint(-127, 128, (24, 64), dtype=tor
     torch.randn(1, 1, 24)
 for args in [(x, w, s, True), (x, w, s, False, r)]:  # the fake's shape is the kernel's
     torch.library.opcheck(torch.ops.gptfast.int8_gemv.default, args)
+m = Q.Int8Linear(64, 24, bias=True)  # a bias: the GEMV, then the bias and the residual added apart
+m.weight.copy_(w), m.scales.copy_(s), m.bias.data.copy_(torch.randn(24))
+torch.testing.assert_close(m(x, residual=r), r + x @ (w.float() * s[:, None]).T + m.bias, atol=1e-4, rtol=1e-4)
 launches, launch = [], K.int8_gemv_launch
 K.int8_gemv_launch = lambda *a, **kw: launches.append(
     (kw.get("gated", False), kw.get("residual") is not None)) or launch(*a, **kw)
@@ -137,18 +140,21 @@ eager = list(launches)
 torch._dynamo.reset()
 prefill_fn, decode_fn = g.compile_steps(True, False, q)
 assert g.generate(q, [prompt], 4, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn)[0] == ref
-layer = [(False, False), (False, True), (True, False), (False, True)]  # wqkv, wo + x, w13 + SwiGLU, w2 + h
+add = not os.environ.get("GPTFAST_NO_FUSED_ADD")
+layer = [(False, False), (False, add), (True, False), (False, add)]  # wqkv, wo + x, w13 + SwiGLU, w2 + h
 assert eager == launches[len(eager):] == layer * q.args.n_layers * 3, launches  # every decode step, every layer
 print("ok")
 """
 
 
-def test_gated_int8_gemv_in_the_model(stories_int8):
+@pytest.mark.parametrize("no_fused_add", ["", "1"])
+def test_gated_int8_gemv_in_the_model(stories_int8, no_fused_add):
     """Batch-1 decode of an int8 model runs each layer's products as four GEMVs: wqkv, wo with the residual add,
     w13 with the SwiGLU, w2 with the residual add; eager and compiled (the op's fake shapes checked by opcheck),
-    with the PyTorch path's greedy tokens; Triton's interpreter."""
+    with the PyTorch path's greedy tokens; Triton's interpreter. GPTFAST_NO_FUSED_ADD=1: the adds apart."""
     pytest.importorskip("triton")
-    r = run_cli("-c", GATED_CHECK, str(stories_int8), env={"TRITON_INTERPRET": "1"})
+    env = {"TRITON_INTERPRET": "1", "GPTFAST_NO_FUSED_ADD": no_fused_add}
+    r = run_cli("-c", GATED_CHECK, str(stories_int8), env=env)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 

@@ -155,19 +155,18 @@ class KVCache(nn.Module):
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.add_residual = True  # tp.py: only rank 0 adds it, before the all-reduce
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         qkv_out = (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
         self.wqkv = Linear(args.dim, qkv_out, bias=args.qkv_bias)
         self.wo = Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, norm: RMSNorm, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
-        """x + attention(norm(x)); attention(norm(x)) alone where add_residual is off (tp.py: ranks other than 0)"""
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor,
+                residual: Tensor | None = None) -> Tensor:
+        """attention(x), plus residual if given (added by wo)"""
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.wqkv(norm(x))
-        residual = x if self.add_residual else None
+        qkv = self.wqkv(x)
         if T == 1 and kernels.use_decode_attention(qkv, self.kv_cache.k):  # on CUDA, all of the below in one kernel
             y = torch.ops.gptfast.decode_attention(qkv.view(B, -1), cos.view(B, -1), sin.view(B, -1),
                                                    mask.view(B, -1), input_pos, self.kv_cache.k, self.kv_cache.v, H)
@@ -192,15 +191,14 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w13 = Linear(args.dim, 2 * args.intermediate_size, bias=False)  # gate and up, fused
         self.w2 = Linear(args.intermediate_size, args.dim, bias=False)
-        self.add_residual = True  # tp.py: only rank 0 adds it, before the all-reduce
 
-    def forward(self, x: Tensor, norm: RMSNorm) -> Tensor:
-        """x + w2(silu(gate) * up), [gate; up] = w13(norm(x)); without x where add_residual is off (tp.py)"""
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """w2(silu(gate) * up), [gate; up] = w13(x), plus residual if given (added by w2)"""
         if hasattr(self.w13, "swiglu"):  # quantize.Int8Linear: the SwiGLU inside its GEMV
-            a = self.w13.swiglu(norm(x))
+            a = self.w13.swiglu(x)
         else:
-            a = kernels.swiglu(self.w13(norm(x)))
-        return self.w2(a, residual=x if self.add_residual else None)
+            a = kernels.swiglu(self.w13(x))
+        return self.w2(a, residual=residual)
 
 
 class RMSNorm(nn.Module):
@@ -220,10 +218,12 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(args)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
+        self.add_residual = True  # tp.py: only rank 0 adds it, before the all-reduce sums the ranks' outputs
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
-        h = self.attention(x, self.attention_norm, cos, sin, mask, input_pos)  # x + attention(attention_norm(x))
-        return self.feed_forward(h, self.ffn_norm)  # h + feed_forward(ffn_norm(h))
+        # The residual goes into wo and w2, whose kernels may add it as they store their output.
+        h = self.attention(self.attention_norm(x), cos, sin, mask, input_pos, x if self.add_residual else None)
+        return self.feed_forward(self.ffn_norm(h), h if self.add_residual else None)
 
 
 class Transformer(nn.Module):

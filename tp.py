@@ -11,10 +11,10 @@ the same token (same seed everywhere) with no collective beyond the two per laye
 layer would save its 1/N share of the weights (2% of Llama-2-7B) at the cost of a third collective.
 
 Each rank builds its shard on the meta device from the checkpoint's config.json with the rank's head
-counts and FFN width (a plain Transformer of the shard's shapes; ranks other than 0 leave the residual
-stream to rank 0: add_residual), then reads only
-its slices from the safetensors files. The rest (prompts, sampling, compile, speculation, output) is
-generate.py's main(), run on every rank; ranks other than 0 print nothing.
+counts and FFN width (a plain Transformer of the shard's shapes; only rank 0 adds the residual stream:
+TransformerBlock.add_residual), then reads only its slices from the safetensors files. The rest (prompts,
+sampling, compile, speculation, output) is generate.py's main(), run on every rank; ranks other than 0 print
+nothing.
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def _rank0_adds(model: Transformer, rank: int) -> None:
     """The row-parallel layers' biases and the residual stream stay on rank 0 only (added once by the all-reduce,
     which sums the ranks' outputs)."""
     for layer in model.layers:
-        layer.attention.add_residual = layer.feed_forward.add_residual = rank == 0
+        layer.add_residual = rank == 0
         for linear in (layer.attention.wo, layer.feed_forward.w2):
             if rank != 0 and getattr(linear, "bias", None) is not None:
                 linear.bias = None

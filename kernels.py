@@ -9,12 +9,12 @@ the kernel does not (CPU, no Triton, shapes it does not take):
 
 Decode at batch 1 multiplies one activation row by every weight matrix, so its speed is bytes of
 weights read per second. The Triton kernels below read the quantized bytes once, dequantize in
-registers and never write a dequantized matrix; on CUDA, int4 layers normally run PyTorch's own int4
-kernel instead (tinygemm, faster than ours; quantize.pack_for_device repacks them for it at load time).
+registers and never write a dequantized matrix. (PyTorch's own int4 kernel, tinygemm, is an option on
+CUDA for products of 2-16 rows: quantize.pack_for_device.)
 Everything else (longer prompts, CPU, no Triton) takes the PyTorch path, which is also the reference the
 tests compare the kernels with.
 
-Layouts (as in the checkpoint, on every device; tinygemm's is made from them at load time):
+Layouts (as in the checkpoint, on every device; tinygemm's, where chosen, is made from them at load time):
   int8: weight (N, K) int8, scales (N,): w[n, k] = weight[n, k] * scales[n]
   int4: weight (N, K // 2) uint8, two 4-bit q per byte (see pack_int4); scales, zeros (N, K // G):
         w[n, k] = (q[n, k] - 8) * scales[n, k // G] + zeros[n, k // G]
@@ -37,19 +37,20 @@ except ImportError:  # CPU-only installs: the PyTorch paths below do all the wor
 
 # ------------------------------------------------------------------------------ int4 packing
 def pack_int4(q: Tensor, groupsize: int) -> Tensor:
-    """(N, K) integers in [0, 15] -> (N, K // 2) uint8. Within each group of G columns, byte j holds
-    column j in its low nibble and column j + G/2 in its high nibble: both halves of a byte share the
-    group's scale, and each half multiplies a contiguous slice of x (no interleaving in the kernel)."""
+    """(N, K) integers in [0, 15] -> (N, K // 2) uint8. A group of G columns is G/8 little-endian 32-bit
+    words of 8 nibbles: in word m, byte i holds column i*G/8 + m in its low nibble and G/2 + i*G/8 + m in
+    its high nibble. So every nibble of a word shares the group's scale, and the GEMV kernel, taking a
+    word's 8 nibbles one after another, multiplies each by a contiguous slice of x."""
     N, K = q.shape
-    q = q.to(torch.uint8).view(N, K // groupsize, 2, groupsize // 2)  # (N, groups, halves, G/2)
-    return (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(N, K // 2)
+    q = q.to(torch.uint8).view(N, K // groupsize, 2, 4, groupsize // 8)  # (N, groups, low/high, byte i, word m)
+    return (q[:, :, 0] | (q[:, :, 1] << 4)).transpose(-1, -2).reshape(N, K // 2)  # bytes in order (m, i)
 
 
 def unpack_int4(packed: Tensor, groupsize: int) -> Tensor:
     """(N, K // 2) uint8 -> (N, K) uint8 in [0, 15]; the inverse of pack_int4."""
     N = packed.shape[0]
-    p = packed.view(N, -1, groupsize // 2)  # (N, groups, G/2)
-    return torch.stack([p & 15, p >> 4], dim=2).reshape(N, -1)  # (N, groups, 2, G/2) -> (N, K)
+    p = packed.view(N, -1, groupsize // 8, 4).transpose(-1, -2)  # (N, groups, byte i, word m)
+    return torch.stack([p & 15, p >> 4], dim=2).reshape(N, -1)  # (N, groups, low/high, i, m) -> (N, K)
 
 
 def dequantize_int4(packed: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
@@ -219,7 +220,8 @@ def int8_row(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
 def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
     N, G = weight.shape[0], groupsize
     p = weight.view(N, -1, G // 2)  # (N, groups, G/2): both nibbles of a byte share their group
-    xg = x.reshape(-1, 2, G // 2).float()  # (groups, 2, G/2): the columns of the low nibbles, then the high
+    # x in byte order (pack_int4): the column of byte 4m + i is i*G/8 + m (+ G/2 for the high nibbles)
+    xg = x.reshape(-1, 2, 4, G // 8).transpose(-1, -2).reshape(-1, 2, G // 2).float()  # (groups, low/high, G/2)
     s, z = scales.float()[..., None], zeros.float()[..., None]  # (N, groups, 1)
     w_lo, w_hi = ((p & 15).float() - 8) * s + z, ((p >> 4).float() - 8) * s + z
     y = (w_lo * xg[:, 0] + w_hi * xg[:, 1]).sum((-2, -1))
@@ -236,15 +238,15 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # block, 152.2 us (the next four within 0.8%; cuBLAS 156.8). skinny_int8 (int8 weights): the best of 5 shapes over a
 # block on an H100 (2026-11-27, BENCHMARKS.md run 59), 95.2-95.3 us at 5 and 8 rows (others 98-123); bench_gemv.py
 # --kinds skinny_int8 sweeps it.
-# int4 (4, 1024, 4) read 1041-1201 GB/s (2026-11-22), slower than tinygemm, which therefore serves int4
-# on CUDA where it can (quantize.pack_for_device); this kernel takes the layers it cannot.
+# int4 (by group size): exp_i4w.py, 9 shapes on an H100 (2026-11-27, BENCHMARKS.md run 90), us a 7B block: g32 (4, 2048, 2)
+# 62.8 (tinygemm 78.8); g64 (8, 2048, 2) 62.9 (tinygemm 67.3); g128 (4, 2048, 2) 55.2 (tinygemm 64.3).
 # int8_gated (w13 with the SwiGLU): (2, 512, 2) the best of 9 shapes on an H100 (2026-11-27, BENCHMARKS.md run 76),
 # 51.8 us for w13 and w2 of a 7B layer; (2, 1024, 2) 52.6, (4, 1024, 2) 56.3.
 CONFIGS = {"int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
-           **{G: dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4) for G in (32, 64, 128, 256)}}
+           **{G: dict(BLOCK_N=8 if G == 64 else 4, BLOCK_K=2048, num_warps=2) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
@@ -263,10 +265,6 @@ if triton is not None:
     def _int8_to_float(w):  # int8 -> float32: the byte with its sign bit flipped is w + 128 in [0, 255]
         u = w.to(tl.uint8, bitcast=True).to(tl.int32)
         return (u ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0  # 2^23 + 128
-
-    @triton.jit
-    def _nibble_minus_8(q):  # int32 in [0, 15] -> float32 q - 8
-        return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2^23 + 8
 
     @triton.jit
     def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -313,42 +311,62 @@ if triton is not None:
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
-    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, G: tl.constexpr,
+    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, KW, M_LO, M_HI, G: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-        # Tiles are 3-D (rows, groups, bytes of a group); a step covers BLOCK_K columns, i.e. NG groups.
-        # Like the int8 kernel, products accumulate element-wise and are reduced once after the loop:
-        # no reduction (and no shared-memory round trip) inside it.
-        NG: tl.constexpr = BLOCK_K // G
-        H: tl.constexpr = G // 2
-        KB = K // 2
+        # y = w @ x, w int4 in pack_int4's layout read as int32 words (KW a row), tiles of BLOCK_N rows and
+        # BLOCK_K / 8 words. Nibbles become float32 without a conversion instruction: a nibble moved to bits
+        # 15-18 of M_LO (the float 256.0) reads as 256 + q, one at bits 19-22 of M_HI (16.0) as 16 + q, so
+        # each weight costs one AND-OR (LOP3, the magic in a register) after a shift shared by its byte,
+        # and one FMA. The offsets and the zero point come out once a group, from sums of x:
+        # sum (q - 8) x = sum (256 + q) x_lo + sum (16 + q) x_hi - 264 sum x_lo - 24 sum x_hi.
+        # (4x fewer instructions a weight than dequantizing each nibble; 20% faster than tinygemm a 7B
+        # block: BENCHMARKS.md.)
+        NG: tl.constexpr = BLOCK_K // G  # groups a tile
+        W: tl.constexpr = G // 8  # words a group
+        KT: tl.constexpr = BLOCK_K // 8  # words a tile row
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
-        g = tl.arange(0, NG)
-        j = tl.arange(0, H)
-        acc = tl.zeros((BLOCK_N, NG, H), dtype=tl.float32)
+        k = tl.arange(0, KT)
+        col = (k // W) * G + k % W  # column of word k's byte 0, low nibble; byte i: + i * W, high: + G / 2
+        w_at = w_ptr + rows[:, None] * KW + k[None, :]
+        w = tl.load(w_at, mask=row_ok[:, None] & (k < KW)[None, :], other=0)  # independent of the kernel before
         if PDL:
-            tl.extra.cuda.gdc_wait()  # x is the previous kernel's output
+            tl.extra.cuda.gdc_wait()  # x is its output
+        acc = tl.zeros((BLOCK_N, NG), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            groups = k0 // G + g  # (NG,)
-            g_ok = groups < K // G
-            col = groups[:, None] * G + j[None, :]  # (NG, H) column of each low nibble; + H for the high one
-            x_lo = tl.load(x_ptr + col, mask=g_ok[:, None], other=0.0).to(tl.float32)
-            x_hi = tl.load(x_ptr + col + H, mask=g_ok[:, None], other=0.0).to(tl.float32)
-            byte = groups[:, None] * H + j[None, :]  # (NG, H) byte within a row
-            ok = row_ok[:, None, None] & g_ok[None, :, None]
-            b = tl.load(w_ptr + rows[:, None, None] * KB + byte[None, :, :], mask=ok, other=0)  # (BLOCK_N, NG, H) uint8
-            sg = rows[:, None] * (K // G) + groups[None, :]  # (BLOCK_N, NG)
-            sg_ok = row_ok[:, None] & g_ok[None, :]
+            k_ok = k0 // 8 + k < KW
+            w_next = tl.load(w_at + (k0 + BLOCK_K) // 8, mask=row_ok[:, None] & (k0 // 8 + KT + k < KW)[None, :],
+                             other=0)
+            p = tl.zeros((BLOCK_N, KT), dtype=tl.float32)
+            sum_lo = tl.zeros((KT,), dtype=tl.float32)
+            sum_hi = tl.zeros((KT,), dtype=tl.float32)
+            for i in tl.static_range(4):  # byte i of each word, moved to bits 15-22
+                if i == 0:
+                    b = w << 15
+                elif i == 1:
+                    b = w << 7
+                elif i == 2:
+                    b = w >> 1
+                else:
+                    b = w >> 9
+                x_lo = tl.load(x_ptr + k0 + col + i * W, mask=k_ok, other=0.0).to(tl.float32)
+                x_hi = tl.load(x_ptr + k0 + col + i * W + G // 2, mask=k_ok, other=0.0).to(tl.float32)
+                p += ((b & 0x78000) | M_LO).to(tl.float32, bitcast=True) * x_lo[None, :]
+                p += ((b & 0x780000) | M_HI).to(tl.float32, bitcast=True) * x_hi[None, :]
+                sum_lo += x_lo
+                sum_hi += x_hi
+            groups = k0 // G + tl.arange(0, NG)
+            sg = rows[:, None] * (K // G) + groups[None, :]
+            sg_ok = row_ok[:, None] & (groups < K // G)[None, :]
             s = tl.load(s_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
-            s3, z3 = s[:, :, None], z[:, :, None]
-            w_lo = _nibble_minus_8(b.to(tl.int32) & 15) * s3 + z3
-            w_hi = _nibble_minus_8(b.to(tl.int32) >> 4) * s3 + z3
-            acc += w_lo * x_lo[None, :, :] + w_hi * x_hi[None, :, :]
+            lo = tl.sum(tl.reshape(sum_lo, (NG, W)), axis=1)[None, :]
+            hi = tl.sum(tl.reshape(sum_hi, (NG, W)), axis=1)[None, :]
+            acc += s * (tl.sum(tl.reshape(p, (BLOCK_N, NG, W)), axis=2) - 264.0 * lo - 24.0 * hi) + z * (lo + hi)
+            w = w_next
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        y = tl.sum(tl.sum(acc, axis=2), axis=1)
-        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+        tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=row_ok)
 
     def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
                          gated: bool = False, residual: Tensor | None = None) -> Tensor:
@@ -366,8 +384,9 @@ if triton is not None:
                          BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
         N, K = weight.shape[0], 2 * weight.shape[1]
         y = torch.empty(N, device=x.device, dtype=x.dtype)
-        _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](x, weight, scales, zeros, y, N, K, G=groupsize, BLOCK_N=BLOCK_N,
-                                                       BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps, **_pdl(x))
+        _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
+            x, weight.view(torch.int32), scales, zeros, y, N, K, K // 8, 0x43800000, 0x41800000, G=groupsize,
+            BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps, **_pdl(x))
         return y
 
     @triton.jit

@@ -11,14 +11,15 @@ tied to the embedding table (then both stay in the checkpoint's float dtype: the
 reads one row per token, so quantizing it would not speed up decoding). Norms and biases stay float.
 
 The checkpoint keeps Hugging Face tensor names (q_proj, ..., lm_head) with the quantized data:
-  {layer}.weight  int8 (out, in)            | uint8 (out, in_pad // 2): in each group of G columns, byte j
-                                            |   holds column j (low nibble) and j + G/2 (high nibble)
+  {layer}.weight  int8 (out, in)            | uint8 (out, in_pad // 2): a group of G columns is G/8 32-bit
+                                            |   words; byte i of word m holds column i*G/8 + m (low nibble)
+                                            |   and G/2 + i*G/8 + m (high nibble)
   {layer}.scales  float32 (out,)            | bfloat16 (out, in_pad // G)
   {layer}.zeros                             | bfloat16 (out, in_pad // G)
 in_pad is in_features rounded up to a multiple of G (the padding columns multiply zeros). config.json
-gets a "quantization" entry: {"mode", "bits", "groupsize", "method", "layers": [our module names]}.
-Nothing is device-specific, so the same files load on CPU and GPU; on CUDA the loader then repacks int4
-layers for PyTorch's int4 kernel (pack_for_device).
+gets a "quantization" entry: {"mode", "bits", "groupsize", "method", "layers": [our module names]}, and for
+int4 "packing": 2 (this nibble order). Nothing is device-specific: the same files load on CPU and GPU, where
+kernels.py's int4 GEMV reads this layout as it is (pack_for_device can repack it for PyTorch's int4 kernel).
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ from model import CheckpointError, KVCache, Transformer, hf_to_ours, read_config
 
 MODES = ("int8", "int4", "int4-gptq")
 GROUPSIZES = (32, 64, 128, 256)
+# The int4 nibble order (kernels.pack_int4) as config.json's "packing": 2 since 2026-11-27 (word order, for the
+# GEMV kernel); checkpoints without it have the older order (byte j: columns j and j + G/2) and are refused.
+INT4_PACKING = 2
 
 
 # ------------------------------------------------------------------------------------- modules
@@ -99,15 +103,14 @@ class Int4Linear(nn.Module):
 
 
 def pack_for_device(model: nn.Module) -> None:
-    """After loading onto a CUDA device: repack int4 layers for PyTorch's int4 kernel (tinygemm), which
-    reads them faster than kernels.py's Triton GEMV (BENCHMARKS.md); layers it cannot take keep the
-    portable layout. The packed model cannot be saved: checkpoints are written before this step.
-
-    tinygemm dequantizes the whole matrix for every 16 rows of input, so long prompts are slow: on an H100 a
-    2048-token prompt to the 7B shape took 918 ms, against 68 ms on the portable layout (dequantize once, then
-    cuBLAS), whose batch-1 decode after it is slower (214 vs 278 tok/s; BENCHMARKS.md). GPTFAST_NO_TINYGEMM=1
-    keeps the portable layout, for long prompts."""
-    if os.environ.get("GPTFAST_NO_TINYGEMM"):
+    """After loading onto a CUDA device, with GPTFAST_INT4=tinygemm: repack int4 layers for PyTorch's int4
+    kernel (tinygemm), faster than kernels.py's int4 GEMV where a step multiplies 2-16 rows (batched decode,
+    speculative verification) and slower for one row (batch-1 decode, 20% on a 7B block on an H100) and for
+    long prompts (it dequantizes the matrix for every 16 rows: 918 against 68 ms for a 2048-token prompt to
+    the 7B shape); BENCHMARKS.md. By default the layers keep the checkpoint's layout, which the GEMV reads
+    (one row) and prompts dequantize (then cuBLAS). Layers tinygemm cannot take keep it too. The packed
+    model cannot be saved: checkpoints are written before this step."""
+    if os.environ.get("GPTFAST_INT4", "gemv") != "tinygemm":
         return
     for m in model.modules():
         if isinstance(m, Int4Linear):
@@ -219,6 +222,9 @@ def apply_quantization(model: Transformer, qcfg: dict) -> None:
     if bits not in (4, 8) or (bits == 4 and groupsize not in GROUPSIZES):
         raise CheckpointError(f"config.json quantization {qcfg} is not supported (bits 8, or bits 4 with "
                               f"groupsize in {GROUPSIZES}): re-quantize with this version of quantize.py")
+    if bits == 4 and qcfg.get("packing") != INT4_PACKING:
+        raise CheckpointError(f"this int4 checkpoint has packing {qcfg.get('packing', 1)}, an older nibble order than "
+                              f"this code reads ({INT4_PACKING}): quantize the float checkpoint again with quantize.py")
     for name in qcfg.get("layers", []):
         try:
             lin = model.get_submodule(name)
@@ -281,7 +287,8 @@ def quantize_model(model: Transformer, mode: str, groupsize: int = 32, calibrati
         for name in names:
             _set_module(model, name, _quantized(model.get_submodule(name), bits, groupsize))
     model.quantization = {"mode": mode, "bits": bits, "groupsize": groupsize if bits == 4 else None,
-                          "method": "gptq" if mode == "int4-gptq" else "round-to-nearest", "layers": names}
+                          "method": "gptq" if mode == "int4-gptq" else "round-to-nearest", "layers": names,
+                          **({"packing": INT4_PACKING} if bits == 4 else {})}
     if bits == 4:
         odd = [n for n in names if model.get_submodule(n).in_features % groupsize]
         if odd and verbose:

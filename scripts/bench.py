@@ -293,7 +293,7 @@ def main(argv=None):
 
             bits, _, group = mode.partition("-g")
             quantize_model(model, bits, int(group or 32))
-            pack_for_device(model)  # as the loader does (GPTFAST_NO_TINYGEMM=1: the portable layout)
+            pack_for_device(model)  # as the loader does (GPTFAST_INT4=tinygemm: repacked for tinygemm)
         return model
 
     backend = a.all_reduce if device == "cuda" else "gloo"

@@ -38,8 +38,9 @@ GRID8 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
          for bn, bk, nw in itertools.product((1, 2, 4, 8), (512, 1024, 2048), (2, 4, 8)) if 1024 <= bn * bk <= 8192]
 GRID16 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
           for bn, bk, nw, ns in itertools.product((16, 32, 64), (64, 128, 256), (2, 4), (3, 4, 5)) if 2048 <= bn * bk <= 16384]
-GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
-         for bn, bk, nw in itertools.product((2, 4, 8, 16), (256, 512, 1024), (2, 4, 8)) if 1024 <= bn * bk <= 8192]
+GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # the kernel wants BLOCK_K >= 1024 * num_warps (4 words a thread)
+         for bn, bk, nw in ((2, 2048, 2), (4, 1024, 1), (4, 2048, 2), (4, 4096, 4), (8, 1024, 1), (8, 2048, 2),
+                            (8, 4096, 4), (16, 1024, 1), (16, 2048, 2))]
 
 
 def label(cfg: dict) -> str:

@@ -3,7 +3,7 @@
 python scripts/gpu_check_quant.py [--json FILE]
 
 1. Correctness: each Triton GEMV, the compiled PyTorch one-row paths and tinygemm (the layout
-   pack_for_device loads int4 layers into on CUDA) against the PyTorch path (dequantize in float32, then
+   pack_for_device loads int4 layers into on CUDA with GPTFAST_INT4=tinygemm) against the PyTorch path (dequantize in float32, then
    matmul) on the Llama-2-7B layer shapes with bf16 activations, and a small int4 model's logits before
    and after pack_for_device; exit status 1 above a relative error of 1e-2 (2e-2 for the model).
 2. Speed: the four GEMVs of one block (wqkv, wo, w13, w2) over 4 different copies of the weights

@@ -1,6 +1,7 @@
 """The Triton kernels of the decode step, each with a PyTorch path that is its reference and runs wherever
 the kernel does not (CPU, no Triton, shapes it does not take):
-- matmuls with quantized weights: GEMVs for batch-1 decode (below; reference paths here);
+- matmuls with quantized weights: GEMVs for batch-1 decode (below; reference paths here), the int4 one also
+  for 2-16 rows, once a row;
 - matmuls of 2-16 activation rows (batched decode; with int8 weights also short prompts and speculative
   verification): a skinny product that reads each weight once;
 - decode attention for one new token: RoPE, KV-cache write and flash-decoding attention in one kernel
@@ -88,9 +89,9 @@ USE_TRITON = triton is not None and not os.environ.get("GPTFAST_NO_TRITON")
 USE_DECODE_ATTENTION = USE_TRITON and not os.environ.get("GPTFAST_NO_DECODE_ATTENTION")
 # GPTFAST_NO_SKINNY=1 leaves products of 2-16 rows to the PyTorch path: cuBLAS (linear), dequantize + cuBLAS (int8).
 USE_SKINNY = USE_TRITON and not os.environ.get("GPTFAST_NO_SKINNY")
-# GPTFAST_NO_GATED=1 leaves the SwiGLU after an int8 w13 to its own kernel (swiglu) instead of the GEMV (int8_swiglu).
+# GPTFAST_NO_GATED=1 leaves the SwiGLU after a quantized w13 to its own kernel (swiglu) instead of the GEMV (int8_swiglu).
 USE_GATED = USE_TRITON and not os.environ.get("GPTFAST_NO_GATED")
-# GPTFAST_NO_FUSED_ADD=1 leaves the residual add after an int8 GEMV (wo, w2) to a kernel of its own.
+# GPTFAST_NO_FUSED_ADD=1 leaves the residual add after a quantized GEMV (wo, w2) to a kernel of its own.
 USE_FUSED_ADD = USE_TRITON and not os.environ.get("GPTFAST_NO_FUSED_ADD")
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
@@ -115,8 +116,9 @@ def _pdl(t: Tensor) -> dict:
     return _pdl_devices[t.device.index]
 
 
-def _use_triton(x: Tensor) -> bool:
-    return USE_TRITON and x.is_cuda and x.numel() == x.shape[-1]  # one activation row: batch-1 decode
+def _use_triton(x: Tensor, rows: int = 1) -> bool:
+    """Whether a Triton GEMV takes x: on CUDA, one activation row (batch-1 decode) or up to `rows`."""
+    return USE_TRITON and x.is_cuda and x.numel() // x.shape[-1] <= rows
 
 
 def use_decode_attention(qkv: Tensor, k_cache: Tensor) -> bool:
@@ -196,16 +198,32 @@ def int8_swiglu(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     return swiglu(int8_linear(x, weight, scales))
 
 
-def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
-    """x (..., K) @ dequantized weight^T -> (..., N); K may be below the padded 2 * weight.shape[1]."""
+def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int, bias: Tensor | None = None,
+                residual: Tensor | None = None) -> Tensor:
+    """x (..., K) @ dequantized weight^T + bias + residual -> (..., N); K may be below the padded 2 * weight.shape[1].
+    1-16 rows on CUDA run the GEMV, once a row (batched decode, short prompts, speculative verification), which with
+    no bias adds the residual as int8_linear's does; more rows dequantize the matrix once and call cuBLAS."""
     K_pad = 2 * weight.shape[1]
     if x.shape[-1] != K_pad:  # layers whose width is not a multiple of the group size are zero-padded
         x = F.pad(x, (0, K_pad - x.shape[-1]))
-    if _use_triton(x):
-        return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize)
-    if x.numel() == x.shape[-1] and torch.compiler.is_compiling():
-        return int4_row(x, weight, scales, zeros, groupsize)
-    return F.linear(x, dequantize_int4(weight, scales, zeros, groupsize).to(x.dtype))
+    if _use_triton(x, 16) and bias is None and (residual is None or _fused_add(x, weight, residual)):
+        return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize, False, residual)
+    if _use_triton(x, 16):
+        y = torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize)
+    elif x.numel() == x.shape[-1] and torch.compiler.is_compiling():
+        y = int4_row(x, weight, scales, zeros, groupsize)
+    else:
+        y = F.linear(x, dequantize_int4(weight, scales, zeros, groupsize).to(x.dtype))
+    y = y if bias is None else y + bias
+    return y if residual is None else residual + y
+
+
+def int4_swiglu(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
+    """swiglu(int4_linear(...)), weight the fused [gate; up]; for one row on CUDA inside the GEMV (int8_swiglu)."""
+    if _use_triton(x, 16) and USE_GATED:
+        x = F.pad(x, (0, 2 * weight.shape[1] - x.shape[-1]))  # zero columns, where the width was padded
+        return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize, True)
+    return swiglu(int4_linear(x, weight, scales, zeros, groupsize))
 
 
 # One activation row (batch-1 decode) under torch.compile without Triton (CPU): a product and a sum over
@@ -311,8 +329,9 @@ if triton is not None:
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
-    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, KW, M_LO, M_HI, G: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, r_ptr, y_ptr, N, K, KW, M_LO, M_HI, G: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
+                          PDL: tl.constexpr):
         # y = w @ x, w int4 in pack_int4's layout read as int32 words (KW a row), tiles of BLOCK_N rows and
         # BLOCK_K / 8 words. Nibbles become float32 without a conversion instruction: a nibble moved to bits
         # 15-18 of M_LO (the float 256.0) reads as 256 + q, one at bits 19-22 of M_HI (16.0) as 16 + q, so
@@ -320,24 +339,31 @@ if triton is not None:
         # and one FMA. The offsets and the zero point come out once a group, from sums of x:
         # sum (q - 8) x = sum (256 + q) x_lo + sum (16 + q) x_hi - 264 sum x_lo - 24 sum x_hi.
         # (4x fewer instructions a weight than dequantizing each nibble; 20% faster than tinygemm a 7B
-        # block: BENCHMARKS.md.)
+        # block: BENCHMARKS.md.) GATED and RESIDUAL as in _int8_gemv_kernel: a gated tile interleaves BLOCK_N
+        # rows of the gate (w's first N rows) with the same rows of the up projection (its last N).
         NG: tl.constexpr = BLOCK_K // G  # groups a tile
         W: tl.constexpr = G // 8  # words a group
         KT: tl.constexpr = BLOCK_K // 8  # words a tile row
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rows < N
+        R: tl.constexpr = 2 if GATED else 1  # weight rows an output row
+        j = tl.arange(0, R * BLOCK_N)
+        out_rows = tl.program_id(1) * BLOCK_N + j // R
+        x_ptr += tl.program_id(0) * K  # a grid row for each row of x (2-16 rows: programs of one tile run together,
+        y_ptr += tl.program_id(0) * N  # so the later rows read its weights from L2)
+        r_ptr += tl.program_id(0) * N
+        row_ok = out_rows < N
+        rows = out_rows + (j % R) * N  # the weight row of tile row j
         k = tl.arange(0, KT)
         col = (k // W) * G + k % W  # column of word k's byte 0, low nibble; byte i: + i * W, high: + G / 2
         w_at = w_ptr + rows[:, None] * KW + k[None, :]
         w = tl.load(w_at, mask=row_ok[:, None] & (k < KW)[None, :], other=0)  # independent of the kernel before
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is its output
-        acc = tl.zeros((BLOCK_N, NG), dtype=tl.float32)
+        acc = tl.zeros((R * BLOCK_N, NG), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k_ok = k0 // 8 + k < KW
             w_next = tl.load(w_at + (k0 + BLOCK_K) // 8, mask=row_ok[:, None] & (k0 // 8 + KT + k < KW)[None, :],
                              other=0)
-            p = tl.zeros((BLOCK_N, KT), dtype=tl.float32)
+            p = tl.zeros((R * BLOCK_N, KT), dtype=tl.float32)
             sum_lo = tl.zeros((KT,), dtype=tl.float32)
             sum_hi = tl.zeros((KT,), dtype=tl.float32)
             for i in tl.static_range(4):  # byte i of each word, moved to bits 15-22
@@ -362,11 +388,19 @@ if triton is not None:
             z = tl.load(z_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
             lo = tl.sum(tl.reshape(sum_lo, (NG, W)), axis=1)[None, :]
             hi = tl.sum(tl.reshape(sum_hi, (NG, W)), axis=1)[None, :]
-            acc += s * (tl.sum(tl.reshape(p, (BLOCK_N, NG, W)), axis=2) - 264.0 * lo - 24.0 * hi) + z * (lo + hi)
+            acc += s * (tl.sum(tl.reshape(p, (R * BLOCK_N, NG, W)), axis=2) - 264.0 * lo - 24.0 * hi) + z * (lo + hi)
             w = w_next
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=row_ok)
+        y = tl.sum(acc, axis=1)
+        rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        if GATED:
+            gate, up = tl.split(tl.reshape(y, (BLOCK_N, 2)))
+            y = gate / (1.0 + tl.exp(-gate)) * up
+        if RESIDUAL:
+            r = tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
     def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
                          gated: bool = False, residual: Tensor | None = None) -> Tensor:
@@ -381,12 +415,20 @@ if triton is not None:
         return y
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
-                         BLOCK_N: int, BLOCK_K: int, num_warps: int) -> Tensor:
-        N, K = weight.shape[0], 2 * weight.shape[1]
-        y = torch.empty(N, device=x.device, dtype=x.dtype)
-        _int4_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
-            x, weight.view(torch.int32), scales, zeros, y, N, K, K // 8, 0x43800000, 0x41800000, G=groupsize,
-            BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps, **_pdl(x))
+                         BLOCK_N: int, BLOCK_K: int, num_warps: int, gated: bool = False,
+                         residual: Tensor | None = None) -> Tensor:
+        """x (K,) or (M, K) -> (N,) or (M, N); gated: the SwiGLU of the two halves (N / 2 columns), with tiles of
+        BLOCK_N / 2 rows of each (the registers of BLOCK_N rows); residual (x's rows, N): added."""
+        assert not (gated and weight.shape[0] % 2), "a gated weight stacks the gate and up halves"
+        N, K = weight.shape[0] // (2 if gated else 1), 2 * weight.shape[1]
+        M = x.numel() // K
+        assert residual is None or (residual.numel() == M * N and residual.dtype == x.dtype), "residual: (M, N), x's dtype"
+        BLOCK_N = max(1, BLOCK_N // 2) if gated else BLOCK_N
+        y = torch.empty(*x.shape[:-1], N, device=x.device, dtype=x.dtype)
+        _int4_gemv_kernel[(M, triton.cdiv(N, BLOCK_N))](
+            x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, N, K, K // 8,
+            0x43800000, 0x41800000, G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
+            RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
         return y
 
     @triton.jit
@@ -589,21 +631,26 @@ if triton is not None:
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @torch.library.custom_op("gptfast::int4_gemv", mutates_args=())
-    def int4_gemv(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
+    def int4_gemv(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int, gated: bool = False,
+                  residual: Tensor | None = None) -> Tensor:
         try:
-            y = int4_gemv_launch(x.reshape(-1).contiguous(), weight, scales, zeros, groupsize, **CONFIGS[groupsize])
+            y = int4_gemv_launch(x.reshape(-1, x.shape[-1]).contiguous(), weight, scales, zeros, groupsize, gated=gated,
+                                 residual=None if residual is None else residual.reshape(-1, residual.shape[-1]).contiguous(),
+                                 **CONFIGS[groupsize])
         except Exception as e:  # noqa: BLE001 -- a Triton release that cannot build it: slower but correct
             global _warned
             if not _warned:
                 print(f"warning: the Triton int4 GEMV failed ({type(e).__name__}: {str(e)[:200]}); "
                       "using the PyTorch path", file=sys.stderr)
                 _warned = True
-            return F.linear(x, dequantize_int4(weight, scales, zeros, groupsize).to(x.dtype))
-        return y.view(*x.shape[:-1], weight.shape[0])
+            y = F.linear(x, dequantize_int4(weight, scales, zeros, groupsize).to(x.dtype))
+            y = swiglu(y) if gated else y
+            return y if residual is None else residual + y
+        return y.view(*x.shape[:-1], -1)
 
     @int4_gemv.register_fake
-    def _(x, weight, scales, zeros, groupsize):
-        return x.new_empty(*x.shape[:-1], weight.shape[0])
+    def _(x, weight, scales, zeros, groupsize, gated=False, residual=None):
+        return x.new_empty(*x.shape[:-1], weight.shape[0] // (2 if gated else 1))
 
     @torch.library.custom_op("gptfast::decode_attention", mutates_args=("k_cache", "v_cache"))
     def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor,

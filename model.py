@@ -194,7 +194,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """w2(silu(gate) * up), [gate; up] = w13(x), plus residual if given (added by w2)"""
-        if hasattr(self.w13, "swiglu"):  # quantize.Int8Linear: the SwiGLU inside its GEMV
+        if hasattr(self.w13, "swiglu"):  # quantize's Int8Linear and Int4Linear: the SwiGLU inside their GEMV
             a = self.w13.swiglu(x)
         else:
             a = kernels.swiglu(self.w13(x))

@@ -83,12 +83,17 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """The product, plus residual if given (model.Linear)."""
-        if hasattr(self, "packed"):  # tinygemm's layout (pack_for_device)
-            y = kernels.tinygemm_linear(x, self.packed, self.scales_zeros, self.groupsize)
-        else:
-            y = kernels.int4_linear(x, self.weight, self.scales, self.zeros, self.groupsize)
+        if not hasattr(self, "packed"):
+            return kernels.int4_linear(x, self.weight, self.scales, self.zeros, self.groupsize, self.bias, residual)
+        y = kernels.tinygemm_linear(x, self.packed, self.scales_zeros, self.groupsize)  # pack_for_device's layout
         y = y if self.bias is None else y + self.bias
         return y if residual is None else residual + y
+
+    def swiglu(self, x: Tensor) -> Tensor:
+        """silu(gate) * up, gate and up the two halves of this layer's output (model.FeedForward's w13)."""
+        if hasattr(self, "packed") or self.bias is not None:
+            return kernels.swiglu(self(x))
+        return kernels.int4_swiglu(x, self.weight, self.scales, self.zeros, self.groupsize)
 
     def pack_for_cuda(self) -> bool:
         """Swap the portable tensors for tinygemm's layout, where the kernel takes this layer; True if so."""

@@ -122,6 +122,23 @@ def main():
                 tg = f"failed ({type(e).__name__}: {str(e)[:80]})"
             ok &= isinstance(tg, float) and tg < 1e-2
             print(f"check int4 g{G} {name}: max rel err {err:.2e}, inductor {err_i:.2e} (tinygemm vs same reference: {tg})", flush=True)
+            if G == 32:  # 5 rows (a grid row each), the residual add and (w13) the SwiGLU in the GEMV, as for int8
+                ref5 = x5.float() @ K.dequantize_int4(pk, s4, z4, G).t()
+                y5 = K.int4_gemv_launch(x5, pk, s4, z4, G, **K.CONFIGS[G]).float()
+                err5 = ((y5 - ref5).abs().max() / ref5.abs().max()).item()
+                ok &= err5 < 1e-2
+                print(f"check int4 g32 {name} 5 rows: max rel err {err5:.2e}", flush=True)
+                y_r = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.CONFIGS[G], residual=r.view(-1)).float()
+                err_r = ((y_r - r.float() - ref).abs().max() / ref.abs().max()).item()
+                ok &= err_r < 1e-2
+                print(f"check int4 g32 {name} with the residual: max rel err {err_r:.2e}", flush=True)
+                if name == "w13":
+                    gate, up = ref.chunk(2, dim=-1)
+                    ref_g = F.silu(gate) * up
+                    y_g = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.CONFIGS[G], gated=True).float()
+                    err_g = ((y_g - ref_g).abs().max() / ref_g.abs().max()).item()
+                    ok &= err_g < 1e-2
+                    print(f"check int4 g32 w13 with the SwiGLU: max rel err {err_g:.2e}", flush=True)
 
     # ---- a quantized model repacked for tinygemm (pack_for_device) keeps its logits ---------------
     from bench import random_model

@@ -25,6 +25,14 @@ def logits(model, ids):
 
 
 @pytest.fixture(scope="module")
+def stories_int4(stories_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q4") / "int4"
+    r = run_cli("quantize.py", "--checkpoint", stories_dir, "--mode", "int4", "--device", "cpu", "--output", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
 def stories_int8(stories_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "stories-int8"
     r = run_cli("quantize.py", "--checkpoint", stories_dir, "--mode", "int8", "--device", "cpu", "--output", out)
@@ -116,7 +124,18 @@ for N, Kd, G, cfg in [(24, 256, 32, (8, 64, 4)), (10, 192, 64, (4, 128, 4)), (18
     p, s4, z4 = Q.quantize_int4(w, G, torch.float32)
     y, ref = K.int4_gemv_launch(x, p, s4, z4, G, *cfg), x @ K.dequantize_int4(p, s4, z4, G).T
     # the kernel's float32 sums carry offsets of 16 and 256 (see it), so its error is ~1e-6 of the output's scale
-    torch.testing.assert_close(y, ref, atol=2e-5 * ref.abs().max().item(), rtol=1e-4)
+    tol = dict(atol=2e-5 * ref.abs().max().item(), rtol=1e-4)
+    torch.testing.assert_close(y, ref, **tol)
+    torch.testing.assert_close(K.int4_gemv_launch(x, p, s4, z4, G, *cfg, residual=r), r + ref, **tol)
+    gate, up = ref.chunk(2)
+    y = K.int4_gemv_launch(x, p, s4, z4, G, *cfg, gated=True)
+    torch.testing.assert_close(y, torch.nn.functional.silu(gate) * up, atol=2e-5 * (gate.abs().max() * up.abs().max()).item(), rtol=1e-4)
+    x3, r3 = torch.randn(3, Kd), torch.randn(3, N)  # several rows (a grid row each): short prompts, batched decode
+    ref3 = x3 @ K.dequantize_int4(p, s4, z4, G).T
+    torch.testing.assert_close(K.int4_gemv_launch(x3, p, s4, z4, G, *cfg, residual=r3), r3 + ref3, **tol)
+    gate3, up3 = ref3.chunk(2, dim=-1)
+    torch.testing.assert_close(K.int4_gemv_launch(x3, p, s4, z4, G, *cfg, gated=True), torch.nn.functional.silu(gate3) * up3,
+                               atol=2e-5 * (gate3.abs().max() * up3.abs().max()).item(), rtol=1e-4)
 print("ok")
 """
 
@@ -124,40 +143,55 @@ print("ok")
 GATED_CHECK = """
 import os, sys, torch, kernels as K, generate as g, quantize as Q
 q, tok = g.load(sys.argv[1], "cpu", torch.float32)
+int4 = isinstance(q.layers[0].feed_forward.w13, Q.Int4Linear)
 prompt = tok.encode("Once upon a time")
 q.setup_caches(1, len(prompt) + 4)
 ref = g.generate(q, [prompt], 4, temperature=0)[0]  # the PyTorch path: product, SwiGLU and residual add apart
-K._use_triton = lambda x: x.numel() == x.shape[-1]  # one row on the CPU takes the Triton path (the interpreter)
-x, w, s, r = torch.randn(1, 1, 64), torch.randint(-127, 128, (24, 64), dtype=torch.int8), torch.rand(24), \
-    torch.randn(1, 1, 24)
-for args in [(x, w, s, True), (x, w, s, False, r)]:  # the fake's shape is the kernel's
-    torch.library.opcheck(torch.ops.gptfast.int8_gemv.default, args)
-m = Q.Int8Linear(64, 24, bias=True)  # a bias: the GEMV, then the bias and the residual added apart
-m.weight.copy_(w), m.scales.copy_(s), m.bias.data.copy_(torch.randn(24))
-torch.testing.assert_close(m(x, residual=r), r + x @ (w.float() * s[:, None]).T + m.bias, atol=1e-4, rtol=1e-4)
-launches, launch = [], K.int8_gemv_launch
-K.int8_gemv_launch = lambda *a, **kw: launches.append(
-    (kw.get("gated", False), kw.get("residual") is not None)) or launch(*a, **kw)
+K._use_triton = lambda x, rows=1: x.numel() // x.shape[-1] <= rows  # on the CPU: the Triton interpreter
+x, r = torch.randn(1, 1, 64), torch.randn(1, 1, 24)
+if int4:  # the fake's shape is the kernel's
+    p, s4, z4 = Q.quantize_int4(torch.randn(24, 64), 32, torch.float32)
+    for args in [(x, p, s4, z4, 32, True), (x, p, s4, z4, 32, False, r)]:
+        torch.library.opcheck(torch.ops.gptfast.int4_gemv.default, args)
+    m = Q.Int4Linear(64, 24, 32, bias=True)  # a bias: the GEMV, then the bias and the residual added apart
+    m.weight.copy_(p), m.scales.copy_(s4), m.zeros.copy_(z4), m.bias.data.copy_(torch.randn(24))
+    want = r + x @ K.dequantize_int4(p, s4, z4, 32).T + m.bias
+else:
+    w, s = torch.randint(-127, 128, (24, 64), dtype=torch.int8), torch.rand(24)
+    for args in [(x, w, s, True), (x, w, s, False, r)]:
+        torch.library.opcheck(torch.ops.gptfast.int8_gemv.default, args)
+    m = Q.Int8Linear(64, 24, bias=True)
+    m.weight.copy_(w), m.scales.copy_(s), m.bias.data.copy_(torch.randn(24))
+    want = r + x @ (w.float() * s[:, None]).T + m.bias
+torch.testing.assert_close(m(x, residual=r), want, atol=1e-4, rtol=1e-4)
+name = "int4_gemv_launch" if int4 else "int8_gemv_launch"
+launches, launch = [], getattr(K, name)
+setattr(K, name, lambda *a, **kw: launches.append((kw.get("gated", False), kw.get("residual") is not None)) or launch(*a, **kw))
 assert g.generate(q, [prompt], 4, temperature=0)[0] == ref
 eager = list(launches)
 torch._dynamo.reset()
 prefill_fn, decode_fn = g.compile_steps(True, False, q)
 assert g.generate(q, [prompt], 4, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn)[0] == ref
-add = not os.environ.get("GPTFAST_NO_FUSED_ADD")
-layer = [(False, False), (False, add), (True, False), (False, add)]  # wqkv, wo + x, w13 + SwiGLU, w2 + h
-assert eager == launches[len(eager):] == layer * q.args.n_layers * 3, launches  # every decode step, every layer
+add, gated = not os.environ.get("GPTFAST_NO_FUSED_ADD"), not os.environ.get("GPTFAST_NO_GATED")
+layer = [(False, False), (False, add), (gated, False), (False, add)]  # wqkv, wo + x, w13 + SwiGLU, w2 + h
+steps = 4 if int4 else 3  # 3 decode steps; int4 runs its prompt (of up to 16 tokens) through the GEMV too
+assert eager == launches[len(eager):] == layer * q.args.n_layers * steps, launches  # every step, every layer
 print("ok")
 """
 
 
-@pytest.mark.parametrize("no_fused_add", ["", "1"])
-def test_gated_int8_gemv_in_the_model(stories_int8, no_fused_add):
-    """Batch-1 decode of an int8 model runs each layer's products as four GEMVs: wqkv, wo with the residual add,
-    w13 with the SwiGLU, w2 with the residual add; eager and compiled (the op's fake shapes checked by opcheck),
-    with the PyTorch path's greedy tokens; Triton's interpreter. GPTFAST_NO_FUSED_ADD=1: the adds apart."""
+@pytest.mark.parametrize("mode,env", [("int8", ""), ("int8", "GPTFAST_NO_FUSED_ADD"), ("int4", ""),
+                                      ("int4", "GPTFAST_NO_GATED")])
+def test_gated_gemv_in_the_model(stories_int8, stories_int4, mode, env, tmp_path):
+    """Batch-1 decode of an int8 or int4 model runs each layer's products as four GEMVs: wqkv, wo with the
+    residual add, w13 with the SwiGLU, w2 with the residual add; eager and compiled (the op's fake shapes checked
+    by opcheck), with the PyTorch path's greedy tokens; Triton's interpreter. GPTFAST_NO_FUSED_ADD=1 or
+    GPTFAST_NO_GATED=1: the adds or the SwiGLU apart."""
     pytest.importorskip("triton")
-    env = {"TRITON_INTERPRET": "1", "GPTFAST_NO_FUSED_ADD": no_fused_add}
-    r = run_cli("-c", GATED_CHECK, str(stories_int8), env=env)
+    configs = tmp_path / "configs.json"  # tiles the size of stories260K's layers: the interpreter runs each program
+    configs.write_text(json.dumps({"32": dict(BLOCK_N=16, BLOCK_K=64, num_warps=1)}))
+    env = {"TRITON_INTERPRET": "1", "GPTFAST_GEMV_CONFIGS": str(configs), **({env: "1"} if env else {})}
+    r = run_cli("-c", GATED_CHECK, str(stories_int8 if mode == "int8" else stories_int4), env=env)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 

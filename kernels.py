@@ -118,7 +118,7 @@ def _pdl(t: Tensor) -> dict:
 
 def _use_triton(x: Tensor, rows: int = 1) -> bool:
     """Whether a Triton GEMV takes x: on CUDA, one activation row (batch-1 decode) or up to `rows`."""
-    return USE_TRITON and x.is_cuda and x.numel() // x.shape[-1] <= rows
+    return USE_TRITON and x.is_cuda and 1 <= x.numel() // x.shape[-1] <= rows
 
 
 def use_decode_attention(qkv: Tensor, k_cache: Tensor) -> bool:
@@ -256,15 +256,16 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # block, 152.2 us (the next four within 0.8%; cuBLAS 156.8). skinny_int8 (int8 weights): the best of 5 shapes over a
 # block on an H100 (2026-11-27, BENCHMARKS.md run 59), 95.2-95.3 us at 5 and 8 rows (others 98-123); bench_gemv.py
 # --kinds skinny_int8 sweeps it.
-# int4 (by group size): exp_i4w.py, 9 shapes on an H100 (2026-11-27, BENCHMARKS.md run 90), us a 7B block: g32 (4, 2048, 2)
-# 62.8 (tinygemm 78.8); g64 (8, 2048, 2) 62.9 (tinygemm 67.3); g128 (4, 2048, 2) 55.2 (tinygemm 64.3).
+# int4, every group size: (4, 2048, 2), the best of 9 shapes over a 7B block at g32 and g128 in two sweeps on H100s
+# (2026-11-27, BENCHMARKS.md runs 90 and 94: g32 62.8-63.9 us, tinygemm 78.2-78.8; g128 55.2-57.6, tinygemm 64.2-64.3);
+# at g64 the best shape changed between the sweeps, and (4, 2048, 2) took 63.8-66.8 us (tinygemm 66.7-67.2).
 # int8_gated (w13 with the SwiGLU): (2, 512, 2) the best of 9 shapes on an H100 (2026-11-27, BENCHMARKS.md run 76),
 # 51.8 us for w13 and w2 of a 7B layer; (2, 1024, 2) 52.6, (4, 1024, 2) 56.3.
 CONFIGS = {"int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
-           **{G: dict(BLOCK_N=8 if G == 64 else 4, BLOCK_K=2048, num_warps=2) for G in (32, 64, 128, 256)}}
+           **{G: dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 

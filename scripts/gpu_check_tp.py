@@ -5,7 +5,7 @@
 
 1. Correctness (float32, Llama-2-7B widths, 4 layers, random weights): greedy tokens of one GPU (eager),
    of the N-GPU shard eager and compiled with CUDA graphs must all be equal; with sampling (same seed)
-   every rank must draw the same tokens.
+   every rank must draw the same tokens; the same greedy checks with the weights quantized to int4.
 2. Speed (bfloat16, Llama-2-7B shape): compiled decode tokens/s on one GPU and on N GPUs, per-GPU
    weight memory and bandwidth (weights read per token x tokens/s). With --int8_70b 80: the same for
    a Llama-2-70B-shape int8 model, as a fraction of the copy bandwidth measured in the same process.
@@ -182,6 +182,17 @@ def main():
     dist.all_gather_object(every, sampled)
     checks = {"eager N-GPU == 1 GPU": eager == single, "compiled N-GPU == 1 GPU": compiled == single,
               "sampled tokens equal on all ranks": all(s == sampled for s in every)}
+    del shard
+    # the same with int4 weights (quantize.py's GEMV, the SwiGLU and the residual add inside it, rank 0 adding
+    # the residual before the all-reduce): quantizing the shard is quantizing the model's rows and groups
+    from quantize import quantize_model
+
+    full = quantize_model(build(ModelArgs(n_layers=4, **shape), torch.float32), "int4", 32)
+    single4, _ = run(full, 64)
+    del full
+    shard = quantize_model(shard_model(build(ModelArgs(n_layers=4, **shape), torch.float32), rank, n), "int4", 32)
+    checks["int4: eager N-GPU == 1 GPU"] = run(shard, 64)[0] == single4
+    checks["int4: compiled N-GPU == 1 GPU"] = run(shard, 64, generate.compile_steps(True, False, shard)[1])[0] == single4
     ok = all(checks.values())
     report["checks"] = checks
     del shard

@@ -93,8 +93,6 @@ USE_SKINNY = USE_TRITON and not os.environ.get("GPTFAST_NO_SKINNY")
 USE_GATED = USE_TRITON and not os.environ.get("GPTFAST_NO_GATED")
 # GPTFAST_NO_FUSED_ADD=1 leaves the residual add after a quantized GEMV (wo, w2) to a kernel of its own.
 USE_FUSED_ADD = USE_TRITON and not os.environ.get("GPTFAST_NO_FUSED_ADD")
-# GPTFAST_INT4_GEMV_ROWS=n: int4 products of up to n activation rows run the GEMV (once a row), more rows dequantize.
-INT4_GEMV_ROWS = int(os.environ.get("GPTFAST_INT4_GEMV_ROWS", 16))
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 
@@ -208,14 +206,12 @@ def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groups
     K_pad = 2 * weight.shape[1]
     if x.shape[-1] != K_pad:  # layers whose width is not a multiple of the group size are zero-padded
         x = F.pad(x, (0, K_pad - x.shape[-1]))
-    if _use_triton(x, INT4_GEMV_ROWS) and bias is None and (residual is None or _fused_add(x, weight, residual)):
+    if _use_triton(x, 16) and bias is None and (residual is None or _fused_add(x, weight, residual)):
         return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize, False, residual)
-    if _use_triton(x, INT4_GEMV_ROWS):
+    if _use_triton(x, 16):
         y = torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize)
     elif x.numel() == x.shape[-1] and torch.compiler.is_compiling():
         y = int4_row(x, weight, scales, zeros, groupsize)
-    elif USE_TRITON and x.is_cuda:  # more rows: dequantize once (on an H100 TODO), then cuBLAS
-        y = F.linear(x, torch.ops.gptfast.int4_dequantize(weight, scales, zeros, groupsize, x.dtype))
     else:
         y = F.linear(x, dequantize_int4(weight, scales, zeros, groupsize).to(x.dtype))
     y = y if bias is None else y + bias
@@ -224,7 +220,7 @@ def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groups
 
 def int4_swiglu(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
     """swiglu(int4_linear(...)), weight the fused [gate; up]; for one row on CUDA inside the GEMV (int8_swiglu)."""
-    if _use_triton(x, INT4_GEMV_ROWS) and USE_GATED:
+    if _use_triton(x, 16) and USE_GATED:
         x = F.pad(x, (0, 2 * weight.shape[1] - x.shape[-1]))  # zero columns, where the width was padded
         return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize, True)
     return swiglu(int4_linear(x, weight, scales, zeros, groupsize))
@@ -407,35 +403,6 @@ if triton is not None:
             y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
-    @triton.jit
-    def _int4_dequantize_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, KW, M_LO, M_HI, G: tl.constexpr,
-                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # out = dequantize_int4 in out's dtype, for prompts of more than 16 rows (then cuBLAS): the GEMV's nibble
-        # decoding, each weight (q - 8) * s + z rounded once, as the float32 reference then its cast round it.
-        W: tl.constexpr = G // 8
-        KT: tl.constexpr = BLOCK_K // 8
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = tl.program_id(1) * KT + tl.arange(0, KT)
-        ok = (rows < N)[:, None] & (k < KW)[None, :]
-        w = tl.load(w_ptr + rows[:, None] * KW + k[None, :], mask=ok, other=0)
-        sg = rows[:, None] * (K // G) + (k // W)[None, :]
-        s = tl.load(s_ptr + sg, mask=ok, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + sg, mask=ok, other=0.0).to(tl.float32)
-        out = out_ptr + rows[:, None] * K + ((k // W) * G + k % W)[None, :]
-        for i in tl.static_range(4):  # byte i of each word, moved to bits 15-22 (as in _int4_gemv_kernel)
-            if i == 0:
-                b = w << 15
-            elif i == 1:
-                b = w << 7
-            elif i == 2:
-                b = w >> 1
-            else:
-                b = w >> 9
-            lo = ((b & 0x78000) | M_LO).to(tl.float32, bitcast=True) - 264.0  # q - 8, exactly
-            hi = ((b & 0x780000) | M_HI).to(tl.float32, bitcast=True) - 24.0
-            tl.store(out + i * W, (lo * s + z).to(out_ptr.dtype.element_ty), mask=ok)
-            tl.store(out + i * W + G // 2, (hi * s + z).to(out_ptr.dtype.element_ty), mask=ok)
-
     def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
                          gated: bool = False, residual: Tensor | None = None) -> Tensor:
         """One row x (K,) -> (N,); gated: the SwiGLU of the two halves (N / 2,); residual (N,): added."""
@@ -464,15 +431,6 @@ if triton is not None:
             0x43800000, 0x41800000, G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
             RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
         return y
-
-    def int4_dequantize_launch(weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int, dtype: torch.dtype,
-                               BLOCK_N: int = 4, BLOCK_K: int = 1024, num_warps: int = 1) -> Tensor:
-        N, K = weight.shape[0], 2 * weight.shape[1]
-        out = torch.empty(N, K, device=weight.device, dtype=dtype)
-        _int4_dequantize_kernel[(triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))](
-            weight.view(torch.int32), scales, zeros, out, N, K, K // 8, 0x43800000, 0x41800000, G=groupsize,
-            BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), num_warps=num_warps)
-        return out
 
     @triton.jit
     def _skinny_mm_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SCALED: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -694,14 +652,6 @@ if triton is not None:
     @int4_gemv.register_fake
     def _(x, weight, scales, zeros, groupsize, gated=False, residual=None):
         return x.new_empty(*x.shape[:-1], weight.shape[0] // (2 if gated else 1))
-
-    @torch.library.custom_op("gptfast::int4_dequantize", mutates_args=())
-    def int4_dequantize(weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int, dtype: torch.dtype) -> Tensor:
-        return int4_dequantize_launch(weight, scales, zeros, groupsize, dtype)
-
-    @int4_dequantize.register_fake
-    def _(weight, scales, zeros, groupsize, dtype):
-        return weight.new_empty(weight.shape[0], 2 * weight.shape[1], dtype=dtype)
 
     @torch.library.custom_op("gptfast::decode_attention", mutates_args=("k_cache", "v_cache"))
     def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor,

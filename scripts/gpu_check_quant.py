@@ -122,10 +122,6 @@ def main():
                 tg = f"failed ({type(e).__name__}: {str(e)[:80]})"
             ok &= isinstance(tg, float) and tg < 1e-2
             print(f"check int4 g{G} {name}: max rel err {err:.2e}, inductor {err_i:.2e} (tinygemm vs same reference: {tg})", flush=True)
-            dq = K.int4_dequantize_launch(pk, s4, z4, G, bf16)  # longer prompts: dequantize (then cuBLAS)
-            same = torch.equal(dq, K.dequantize_int4(pk, s4, z4, G).to(bf16))
-            ok &= same
-            print(f"check int4 g{G} {name} dequantized in bf16: {'equal to' if same else 'DIFFERS from'} the reference", flush=True)
             if G == 32:  # 5 rows (a grid row each), the residual add and (w13) the SwiGLU in the GEMV, as for int8
                 ref5 = x5.float() @ K.dequantize_int4(pk, s4, z4, G).t()
                 y5 = K.int4_gemv_launch(x5, pk, s4, z4, G, **K.CONFIGS[G]).float()

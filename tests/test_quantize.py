@@ -130,10 +130,6 @@ for N, Kd, G, cfg in [(24, 256, 32, (8, 64, 4)), (10, 192, 64, (4, 128, 4)), (18
     gate, up = ref.chunk(2)
     y = K.int4_gemv_launch(x, p, s4, z4, G, *cfg, gated=True)
     torch.testing.assert_close(y, torch.nn.functional.silu(gate) * up, atol=2e-5 * (gate.abs().max() * up.abs().max()).item(), rtol=1e-4)
-    # the dequantized matrix of longer prompts (in bfloat16 the interpreter's cast truncates: one bf16 step)
-    for dt, rtol in ((torch.float32, 1e-6), (torch.bfloat16, 2 ** -7)):
-        torch.testing.assert_close(K.int4_dequantize_launch(p, s4, z4, G, dt, *cfg), K.dequantize_int4(p, s4, z4, G).to(dt),
-                                   atol=1e-6, rtol=rtol)
     x3, r3 = torch.randn(3, Kd), torch.randn(3, N)  # several rows (a grid row each): short prompts, batched decode
     ref3 = x3 @ K.dequantize_int4(p, s4, z4, G).T
     torch.testing.assert_close(K.int4_gemv_launch(x3, p, s4, z4, G, *cfg, residual=r3), r3 + ref3, **tol)

@@ -11,7 +11,7 @@ the kernel does not (CPU, no Triton, shapes it does not take):
 Decode at batch 1 multiplies one activation row by every weight matrix, so its speed is bytes of
 weights read per second. The Triton kernels below read the quantized bytes once, dequantize in
 registers and never write a dequantized matrix. (PyTorch's own int4 kernel, tinygemm, is an option on
-CUDA for products of 2-16 rows: quantize.pack_for_device.)
+CUDA, faster for batched decode: GPTFAST_INT4=tinygemm, quantize.pack_for_device.)
 Everything else (longer prompts, CPU, no Triton) takes the PyTorch path, which is also the reference the
 tests compare the kernels with.
 
@@ -219,9 +219,10 @@ def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groups
 
 
 def int4_swiglu(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
-    """swiglu(int4_linear(...)), weight the fused [gate; up]; for one row on CUDA inside the GEMV (int8_swiglu)."""
+    """swiglu(int4_linear(...)), weight the fused [gate; up]; for 1-16 rows on CUDA inside the GEMV (int8_swiglu)."""
     if _use_triton(x, 16) and USE_GATED:
-        x = F.pad(x, (0, 2 * weight.shape[1] - x.shape[-1]))  # zero columns, where the width was padded
+        if x.shape[-1] != 2 * weight.shape[1]:  # zero columns, where the width was padded
+            x = F.pad(x, (0, 2 * weight.shape[1] - x.shape[-1]))
         return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize, True)
     return swiglu(int4_linear(x, weight, scales, zeros, groupsize))
 
@@ -330,7 +331,7 @@ if triton is not None:
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
-    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, r_ptr, y_ptr, N, K, KW, M_LO, M_HI, G: tl.constexpr,
+    def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, r_ptr, y_ptr, M, N, K, KW, M_LO, M_HI, G: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
                           PDL: tl.constexpr):
         # y = w @ x, w int4 in pack_int4's layout read as int32 words (KW a row), tiles of BLOCK_N rows and
@@ -339,18 +340,21 @@ if triton is not None:
         # each weight costs one AND-OR (LOP3, the magic in a register) after a shift shared by its byte,
         # and one FMA. The offsets and the zero point come out once a group, from sums of x:
         # sum (q - 8) x = sum (256 + q) x_lo + sum (16 + q) x_hi - 264 sum x_lo - 24 sum x_hi.
-        # (4x fewer instructions a weight than dequantizing each nibble; 20% faster than tinygemm a 7B
-        # block: BENCHMARKS.md.) GATED and RESIDUAL as in _int8_gemv_kernel: a gated tile interleaves BLOCK_N
+        # (4.2 instructions a weight against 10 for dequantizing each nibble; a 7B block on an H100 20% faster
+        # than tinygemm at g32, 10-14% at g128, about even at g64: BENCHMARKS.md runs 90-94.) GATED and RESIDUAL as in _int8_gemv_kernel: a gated tile interleaves BLOCK_N
         # rows of the gate (w's first N rows) with the same rows of the up projection (its last N).
         NG: tl.constexpr = BLOCK_K // G  # groups a tile
         W: tl.constexpr = G // 8  # words a group
         KT: tl.constexpr = BLOCK_K // 8  # words a tile row
         R: tl.constexpr = 2 if GATED else 1  # weight rows an output row
+        # Program p takes row p % M of x and tile p // M: with 2-16 rows the programs of one tile run together,
+        # so the later rows read its weights from L2.
+        m, tile = tl.program_id(0) % M, tl.program_id(0) // M
+        x_ptr += m * K
+        y_ptr += m * N
+        r_ptr += m * N
         j = tl.arange(0, R * BLOCK_N)
-        out_rows = tl.program_id(1) * BLOCK_N + j // R
-        x_ptr += tl.program_id(0) * K  # a grid row for each row of x (2-16 rows: programs of one tile run together,
-        y_ptr += tl.program_id(0) * N  # so the later rows read its weights from L2)
-        r_ptr += tl.program_id(0) * N
+        out_rows = tile * BLOCK_N + j // R
         row_ok = out_rows < N
         rows = out_rows + (j % R) * N  # the weight row of tile row j
         k = tl.arange(0, KT)
@@ -394,7 +398,7 @@ if triton is not None:
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         y = tl.sum(acc, axis=1)
-        rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         if GATED:
             gate, up = tl.split(tl.reshape(y, (BLOCK_N, 2)))
             y = gate / (1.0 + tl.exp(-gate)) * up
@@ -421,13 +425,14 @@ if triton is not None:
         """x (K,) or (M, K) -> (N,) or (M, N); gated: the SwiGLU of the two halves (N / 2 columns), with tiles of
         BLOCK_N / 2 rows of each (the registers of BLOCK_N rows); residual (x's rows, N): added."""
         assert not (gated and weight.shape[0] % 2), "a gated weight stacks the gate and up halves"
+        assert weight.is_contiguous() and scales.is_contiguous() and zeros.is_contiguous(), "rows of K // 8 words"
         N, K = weight.shape[0] // (2 if gated else 1), 2 * weight.shape[1]
         M = x.numel() // K
         assert residual is None or (residual.numel() == M * N and residual.dtype == x.dtype), "residual: (M, N), x's dtype"
         BLOCK_N = max(1, BLOCK_N // 2) if gated else BLOCK_N
         y = torch.empty(*x.shape[:-1], N, device=x.device, dtype=x.dtype)
-        _int4_gemv_kernel[(M, triton.cdiv(N, BLOCK_N))](
-            x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, N, K, K // 8,
+        _int4_gemv_kernel[(M * triton.cdiv(N, BLOCK_N),)](
+            x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, M, N, K, K // 8,
             0x43800000, 0x41800000, G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
             RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
         return y

@@ -128,7 +128,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class Linear(nn.Linear):
     """nn.Linear; on CUDA, batched decode's products go to a kernel that reads each weight once (kernels.linear).
     Like every linear layer here (quantize.py's too) it takes the residual to add to its output, so that a kernel
-    may add it as it stores the output (the int8 GEMV does; Inductor fuses the add into its own kernels)."""
+    may add it as it stores the output (the int8 and int4 GEMVs do; Inductor fuses the add into its own kernels)."""
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         y = kernels.linear(x, self.weight, self.bias)
@@ -319,7 +319,7 @@ def assign_weights(model: Transformer, state: dict[str, Tensor], path) -> Transf
     if hasattr(model, "quantization"):
         from quantize import pack_for_device
 
-        pack_for_device(model)  # device-specific layouts (CUDA int4) are made here, at load time
+        pack_for_device(model)  # device-specific layouts (CUDA int4 with GPTFAST_INT4=tinygemm) are made here
     return model.eval()
 
 

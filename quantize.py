@@ -115,7 +115,10 @@ def pack_for_device(model: nn.Module) -> None:
     the 7B shape); BENCHMARKS.md. By default the layers keep the checkpoint's layout, which the GEMV reads
     (one row) and prompts dequantize (then cuBLAS). Layers tinygemm cannot take keep it too. The packed
     model cannot be saved: checkpoints are written before this step."""
-    if os.environ.get("GPTFAST_INT4", "gemv") != "tinygemm":
+    layout = os.environ.get("GPTFAST_INT4", "gemv")
+    if layout not in ("gemv", "tinygemm"):
+        raise UsageError(f"GPTFAST_INT4={layout}: choose gemv (the default) or tinygemm")
+    if layout == "gemv":
         return
     for m in model.modules():
         if isinstance(m, Int4Linear):
@@ -272,8 +275,8 @@ def quantize_model(model: Transformer, mode: str, groupsize: int = 32, calibrati
     mode: "int8" (per-channel), "int4" (grouped round-to-nearest) or "int4-gptq" (needs calibration,
     token ids (n_samples, seq_len)). The result has exactly the modules and buffers that loading the
     checkpoint quantize.py writes would give (scales in the model's dtype), and runs on CPU (PyTorch)
-    and GPU (for int4 call pack_for_device afterwards, as the loader does, unless the model is to be
-    saved). model.quantization holds the config.json entry.
+    and GPU (pack_for_device afterwards, as the loader does, repacks int4 for tinygemm if GPTFAST_INT4=tinygemm;
+    not before saving). model.quantization holds the config.json entry.
     On an H100 the Llama-2-7B shape (bf16, already on the GPU) took 0.1 s for int8 and 0.3 s for int4.
     """
     if mode not in MODES:

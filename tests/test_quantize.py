@@ -166,7 +166,8 @@ else:
 torch.testing.assert_close(m(x, residual=r), want, atol=1e-4, rtol=1e-4)
 name = "int4_gemv_launch" if int4 else "int8_gemv_launch"
 launches, launch = [], getattr(K, name)
-setattr(K, name, lambda *a, **kw: launches.append((kw.get("gated", False), kw.get("residual") is not None)) or launch(*a, **kw))
+# recorded once the launch returns: the int4 op computes the PyTorch path when its kernel raises
+setattr(K, name, lambda *a, **kw: (launch(*a, **kw), launches.append((kw.get("gated", False), kw.get("residual") is not None)))[0])
 assert g.generate(q, [prompt], 4, temperature=0)[0] == ref
 eager = list(launches)
 torch._dynamo.reset()
@@ -192,7 +193,21 @@ def test_gated_gemv_in_the_model(stories_int8, stories_int4, mode, env, tmp_path
     configs.write_text(json.dumps({"32": dict(BLOCK_N=16, BLOCK_K=64, num_warps=1)}))
     env = {"TRITON_INTERPRET": "1", "GPTFAST_GEMV_CONFIGS": str(configs), **({env: "1"} if env else {})}
     r = run_cli("-c", GATED_CHECK, str(stories_int8 if mode == "int8" else stories_int4), env=env)
-    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+    assert r.returncode == 0 and "ok" in r.stdout and "GEMV failed" not in r.stderr, r.stderr[-3000:]
+
+
+def test_int4_layout_on_cuda(monkeypatch):
+    """Int4 layers keep the checkpoint's layout (the GEMV's) unless GPTFAST_INT4=tinygemm; other values are refused."""
+    m = torch.nn.Sequential(Q.Int4Linear(64, 8, 32))
+    calls = []
+    monkeypatch.setattr(Q.Int4Linear, "pack_for_cuda", lambda self: calls.append(self) or False)
+    for value, packed in (("", 0), ("gemv", 0), ("tinygemm", 1)):
+        monkeypatch.setenv("GPTFAST_INT4", value) if value else monkeypatch.delenv("GPTFAST_INT4", raising=False)
+        Q.pack_for_device(m)
+        assert len(calls) == packed
+    monkeypatch.setenv("GPTFAST_INT4", "tinygem")
+    with pytest.raises(g.UsageError, match="choose gemv"):
+        Q.pack_for_device(m)
 
 
 def test_triton_kernels_in_interpreter():

@@ -341,8 +341,9 @@ if triton is not None:
         # and one FMA. The offsets and the zero point come out once a group, from sums of x:
         # sum (q - 8) x = sum (256 + q) x_lo + sum (16 + q) x_hi - 264 sum x_lo - 24 sum x_hi.
         # (4.2 instructions a weight against 10 for dequantizing each nibble; a 7B block on an H100 20% faster
-        # than tinygemm at g32, 10-14% at g128, about even at g64: BENCHMARKS.md runs 90-94.) GATED and RESIDUAL as in _int8_gemv_kernel: a gated tile interleaves BLOCK_N
-        # rows of the gate (w's first N rows) with the same rows of the up projection (its last N).
+        # than tinygemm at g32, 10-14% at g128, about even at g64: BENCHMARKS.md runs 90-98.)
+        # GATED and RESIDUAL as in _int8_gemv_kernel: a gated tile interleaves BLOCK_N rows of the gate (w's first
+        # N rows) with the same rows of the up projection (its last N).
         NG: tl.constexpr = BLOCK_K // G  # groups a tile
         W: tl.constexpr = G // 8  # words a group
         KT: tl.constexpr = BLOCK_K // 8  # words a tile row

@@ -113,7 +113,7 @@ def pack_for_device(model: nn.Module) -> None:
     speculative verification) and slower for one row (batch-1 decode, 20% on a 7B block on an H100) and for
     long prompts (it dequantizes the matrix for every 16 rows: 918 against 68 ms for a 2048-token prompt to
     the 7B shape); BENCHMARKS.md. By default the layers keep the checkpoint's layout, which the GEMV reads
-    (one row) and prompts dequantize (then cuBLAS). Layers tinygemm cannot take keep it too. The packed
+    (1-16 rows, once a row) and longer prompts dequantize (then cuBLAS). Layers tinygemm cannot take keep it too. The packed
     model cannot be saved: checkpoints are written before this step."""
     layout = os.environ.get("GPTFAST_INT4", "gemv")
     if layout not in ("gemv", "tinygemm"):

@@ -375,6 +375,10 @@ def main(argv=None, load_fn=load, args=None) -> None:
         detect_format(args.checkpoint, Tokenizer(args.checkpoint))
     t0 = time.perf_counter()
     model, tokenizer = load_fn(args.checkpoint, device, dtype)
+    if hasattr(model, "quantization") and (len(prompts) > 1 or args.draft_checkpoint or args.prompt_lookup):
+        from quantize import pack_for_device  # steps of several rows: on CUDA int4 is faster in PyTorch's kernel
+
+        pack_for_device(model, "tinygemm")
     print(f"Loaded {args.checkpoint} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
 
     encoded = [tokenizer.encode(p) for p in prompts]

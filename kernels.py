@@ -10,8 +10,8 @@ the kernel does not (CPU, no Triton, shapes it does not take):
 
 Decode at batch 1 multiplies one activation row by every weight matrix, so its speed is bytes of
 weights read per second. The Triton kernels below read the quantized bytes once, dequantize in
-registers and never write a dequantized matrix. (PyTorch's own int4 kernel, tinygemm, is an option on
-CUDA, faster for batched decode: GPTFAST_INT4=tinygemm, quantize.pack_for_device.)
+registers and never write a dequantized matrix. (PyTorch's own int4 kernel, tinygemm, takes int4 layers
+instead where each step has several rows: quantize.pack_for_device.)
 Everything else (longer prompts, CPU, no Triton) takes the PyTorch path, which is also the reference the
 tests compare the kernels with.
 

@@ -97,6 +97,8 @@ class Int4Linear(nn.Module):
 
     def pack_for_cuda(self) -> bool:
         """Swap the portable tensors for tinygemm's layout, where the kernel takes this layer; True if so."""
+        if hasattr(self, "packed"):
+            return True
         N, k_pad = self.weight.shape[0], 2 * self.weight.shape[1]
         if not (self.weight.is_cuda and self.scales.dtype == torch.bfloat16 and N % 8 == 0 and k_pad % 128 == 0):
             return False
@@ -107,15 +109,16 @@ class Int4Linear(nn.Module):
         return True
 
 
-def pack_for_device(model: nn.Module) -> None:
-    """After loading onto a CUDA device, with GPTFAST_INT4=tinygemm: repack int4 layers for PyTorch's int4
-    kernel (tinygemm), faster than kernels.py's int4 GEMV where a step multiplies 2-16 rows (batched decode,
-    speculative verification) and slower for one row (batch-1 decode, 20% on a 7B block on an H100) and for
-    long prompts (it dequantizes the matrix for every 16 rows: 918 against 68 ms for a 2048-token prompt to
-    the 7B shape); BENCHMARKS.md. By default the layers keep the checkpoint's layout, which the GEMV reads
-    (1-16 rows, once a row) and longer prompts dequantize (then cuBLAS). Layers tinygemm cannot take keep it too. The packed
-    model cannot be saved: checkpoints are written before this step."""
-    layout = os.environ.get("GPTFAST_INT4", "gemv")
+def pack_for_device(model: nn.Module, layout: str | None = None) -> None:
+    """After loading onto a CUDA device, for layout "tinygemm" (GPTFAST_INT4, if set, wins over the argument):
+    repack int4 layers for PyTorch's int4 kernel (tinygemm). It is faster than kernels.py's int4 GEMV where a
+    step multiplies several rows (batch 8: 1430.5 against 670.1-676.8 tok/s in all), so generate.py asks for it
+    for batches and speculative verification; it is slower for one row (321.5 against 408.9 tok/s) and on long
+    prompts (it dequantizes the matrix for every 16 rows: 918 against 68 ms for a 2048-token prompt to the 7B
+    shape); H100, BENCHMARKS.md. Otherwise ("gemv", the default) the layers keep the checkpoint's layout, which
+    the GEMV reads (1-16 rows, once a row) and longer prompts dequantize (then cuBLAS). Layers tinygemm cannot
+    take keep it too. The packed model cannot be saved: checkpoints are written before this step."""
+    layout = os.environ.get("GPTFAST_INT4") or layout or "gemv"
     if layout not in ("gemv", "tinygemm"):
         raise UsageError(f"GPTFAST_INT4={layout}: choose gemv (the default) or tinygemm")
     if layout == "gemv":

@@ -210,6 +210,20 @@ def test_int4_layout_on_cuda(monkeypatch):
         Q.pack_for_device(m)
 
 
+def test_generate_asks_tinygemm_for_steps_of_several_rows(stories_int4, monkeypatch, capsys):
+    """generate.py repacks int4 layers for tinygemm (on CUDA; pack_for_cuda does nothing on the CPU) for a batch,
+    not for one row; GPTFAST_INT4=gemv keeps the GEMV's layout even for a batch."""
+    calls = []
+    monkeypatch.setattr(Q.Int4Linear, "pack_for_cuda", lambda self: calls.append(self) or False)
+    base = ["--checkpoint", str(stories_int4), "--device", "cpu", "--prompt", "Once", "--max_new_tokens", "2"]
+    for extra, env, packed in (([], "", False), (["--batch_size", "2"], "", True), (["--batch_size", "2"], "gemv", False)):
+        calls.clear()
+        monkeypatch.setenv("GPTFAST_INT4", env) if env else monkeypatch.delenv("GPTFAST_INT4", raising=False)
+        g.main(base + extra)
+        assert bool(calls) == packed, (extra, env)
+    capsys.readouterr()
+
+
 def test_triton_kernels_in_interpreter():
     """The Triton GEMVs against the PyTorch path, on CPU through Triton's interpreter (tiny shapes,
     partial last K block included). Skipped where Triton is not installed."""

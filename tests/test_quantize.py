@@ -148,6 +148,7 @@ prompt = tok.encode("Once upon a time")
 q.setup_caches(1, len(prompt) + 4)
 ref = g.generate(q, [prompt], 4, temperature=0)[0]  # the PyTorch path: product, SwiGLU and residual add apart
 K._use_triton = lambda x, rows=1: x.numel() // x.shape[-1] <= rows  # on the CPU: the Triton interpreter
+torch.manual_seed(0)
 x, r = torch.randn(1, 1, 64), torch.randn(1, 1, 24)
 if int4:  # the fake's shape is the kernel's
     p, s4, z4 = Q.quantize_int4(torch.randn(24, 64), 32, torch.float32)
@@ -163,7 +164,8 @@ else:
     m = Q.Int8Linear(64, 24, bias=True)
     m.weight.copy_(w), m.scales.copy_(s), m.bias.data.copy_(torch.randn(24))
     want = r + x @ (w.float() * s[:, None]).T + m.bias
-torch.testing.assert_close(m(x, residual=r), want, atol=1e-4, rtol=1e-4)
+# the int4 kernel's float32 sums carry offsets of 16 and 256 (KERNEL_CHECK): its error scales with the output's
+torch.testing.assert_close(m(x, residual=r), want, atol=1e-4 + (2e-5 * want.abs().max().item() if int4 else 0), rtol=1e-4)
 name = "int4_gemv_launch" if int4 else "int8_gemv_launch"
 launches, launch = [], getattr(K, name)
 # recorded once the launch returns: the int4 op computes the PyTorch path when its kernel raises

@@ -203,12 +203,10 @@ def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groups
     """x (..., K) @ dequantized weight^T + bias + residual -> (..., N); K may be below the padded 2 * weight.shape[1].
     1-16 rows on CUDA run the GEMV, once a row (batched decode, short prompts, speculative verification), which with
     no bias adds the residual as int8_linear's does; more rows dequantize the matrix once and call cuBLAS."""
-    K_pad = 2 * weight.shape[1]
-    if x.shape[-1] != K_pad:  # layers whose width is not a multiple of the group size are zero-padded
-        x = F.pad(x, (0, K_pad - x.shape[-1]))
-    if _use_triton(x, 16) and bias is None and (residual is None or _fused_add(x, weight, residual)):
-        return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize, False, residual)
+    x = _pad_int4(x, weight)
     if _use_triton(x, 16):
+        if bias is None and (residual is None or _fused_add(x, weight, residual)):
+            return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize, False, residual)
         y = torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize)
     elif x.numel() == x.shape[-1] and torch.compiler.is_compiling():
         y = int4_row(x, weight, scales, zeros, groupsize)
@@ -221,10 +219,14 @@ def int4_linear(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groups
 def int4_swiglu(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int) -> Tensor:
     """swiglu(int4_linear(...)), weight the fused [gate; up]; for 1-16 rows on CUDA inside the GEMV (int8_swiglu)."""
     if _use_triton(x, 16) and USE_GATED:
-        if x.shape[-1] != 2 * weight.shape[1]:  # zero columns, where the width was padded
-            x = F.pad(x, (0, 2 * weight.shape[1] - x.shape[-1]))
-        return torch.ops.gptfast.int4_gemv(x, weight, scales, zeros, groupsize, True)
+        return torch.ops.gptfast.int4_gemv(_pad_int4(x, weight), weight, scales, zeros, groupsize, True)
     return swiglu(int4_linear(x, weight, scales, zeros, groupsize))
+
+
+def _pad_int4(x: Tensor, weight: Tensor) -> Tensor:
+    """x with zero columns up to the int4 layer's padded width (in_features not a multiple of the group size)."""
+    K_pad = 2 * weight.shape[1]
+    return x if x.shape[-1] == K_pad else F.pad(x, (0, K_pad - x.shape[-1]))
 
 
 # One activation row (batch-1 decode) under torch.compile without Triton (CPU): a product and a sum over

@@ -24,20 +24,21 @@ def logits(model, ids):
         return model(torch.tensor([ids]), torch.arange(len(ids)))[0].float()
 
 
-@pytest.fixture(scope="module")
-def stories_int4(stories_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q4") / "int4"
-    r = run_cli("quantize.py", "--checkpoint", stories_dir, "--mode", "int4", "--device", "cpu", "--output", out)
+def quantized_stories(stories_dir, tmp_path_factory, mode):
+    out = tmp_path_factory.mktemp("q") / f"stories-{mode}"
+    r = run_cli("quantize.py", "--checkpoint", stories_dir, "--mode", mode, "--device", "cpu", "--output", out)
     assert r.returncode == 0, r.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def stories_int4(stories_dir, tmp_path_factory):
+    return quantized_stories(stories_dir, tmp_path_factory, "int4")
 
 
 @pytest.fixture(scope="module")
 def stories_int8(stories_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q") / "stories-int8"
-    r = run_cli("quantize.py", "--checkpoint", stories_dir, "--mode", "int8", "--device", "cpu", "--output", out)
-    assert r.returncode == 0, r.stderr
-    return out
+    return quantized_stories(stories_dir, tmp_path_factory, "int8")
 
 
 # ------------------------------------------------------------------------------- format and math

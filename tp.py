@@ -33,6 +33,7 @@ import torch.distributed._functional_collectives as funcol
 from torch import Tensor
 
 import generate
+import kernels as K
 from generate import UsageError
 from model import (CheckpointError, ModelArgs, Transformer, assign_weights, fuse_parts, hf_to_ours, read_config,
                    safetensors_files)
@@ -106,20 +107,18 @@ def _all_reduce_hook(module, inputs, output: Tensor) -> Tensor:
 
 
 class SymmMemAllReduce:
-    """Forward hook for batch-1 decode: PyTorch's one-shot all-reduce through symmetric memory (CUDA,
-    one host), meant to have less latency than NCCL for one (1, 1, dim) activation; other shapes
-    (prefill, batches) use NCCL. Opt-in (--all_reduce symm_mem)."""
+    """Forward hook for batch-1 decode: a one-shot all-reduce through symmetric memory (CUDA, one host; the
+    Triton kernel kernels._all_reduce_kernel), with less latency than NCCL for one (1, 1, dim) activation;
+    other shapes (prefill, batches) use NCCL. Opt-in (--all_reduce symm_mem)."""
 
     def __init__(self, dim: int, dtype, device):
-        import torch.distributed._symmetric_memory as symm_mem
-
-        if torch.device(device).type != "cuda":
-            raise UsageError(f"--all_reduce symm_mem needs the model on a CUDA device, not {device}: build a meta "
-                             "shard with the NCCL all-reduce, move it to the GPU, then call tp.set_all_reduce")
+        if torch.device(device).type != "cuda" or K.triton is None:
+            raise UsageError(f"--all_reduce symm_mem needs the model on a CUDA device (and Triton), not {device}: "
+                             "build a meta shard with the NCCL all-reduce, move it to the GPU, then call "
+                             "tp.set_all_reduce")
         self.group, self.key = dist.group.WORLD.group_name, (dim, dtype, torch.device(device))
         if self.key not in _symm_bufs:
-            _symm_bufs[self.key] = buf = symm_mem.empty(dim, dtype=dtype, device=device)  # mapped in every rank
-            symm_mem.rendezvous(buf, self.group)
+            _symm_bufs[self.key] = symm_mem_buffers(dim, dtype, torch.device(device), self.group)
 
     def __call__(self, module, inputs, output: Tensor) -> Tensor:
         if (output.numel(), output.dtype, output.device) != self.key:
@@ -127,19 +126,30 @@ class SymmMemAllReduce:
         return torch.ops.gptfast.symm_mem_all_reduce(output, self.group)
 
 
-# The symmetric buffers, one per (size, dtype, device), made and exchanged between ranks once. The all-reduce
-# is a custom op so that torch.compile sees one opaque call: left to Inductor, symm_mem.one_shot_all_reduce
-# gets an input buffer that Inductor allocates itself under an id drawn from Python's random state, which two
-# compiled models of different sizes can share; the second then failed ("requested allocation size (8192) is
-# different from the size of a previous ...", runs 14 and 24).
+# The symmetric buffers, one per (size, dtype, device), made and exchanged between ranks once, with the
+# kernel's call counters. The all-reduce is a custom op so that torch.compile sees one opaque call.
 _symm_bufs: dict = {}
+
+
+def symm_mem_buffers(dim: int, dtype, device, group: str, block: int | None = None) -> tuple:
+    """A new buffer in symmetric memory for kernels.all_reduce_launch: its flags (zero), then two sets of world
+    slots of dim values; with the rendezvous handle (which maps every rank's buffer into this process), the
+    int64 address of each rank's buffer and the kernel's call counters (zero). A collective call."""
+    import torch.distributed._symmetric_memory as symm_mem
+
+    world, block = dist.get_world_size(), block or K.AR_BLOCK
+    buf = symm_mem.empty(K.AR_FLAGS + 2 * world * dim * dtype.itemsize // 4, dtype=torch.int32, device=device)
+    buf.zero_()
+    torch.cuda.synchronize(device)  # zero before any peer can raise a flag in it
+    handle = symm_mem.rendezvous(buf, group)
+    peers = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
+    return buf, handle, peers, torch.zeros(K.triton.cdiv(dim, block), dtype=torch.int32, device=device)
 
 
 @torch.library.custom_op("gptfast::symm_mem_all_reduce", mutates_args=())
 def symm_mem_all_reduce(x: Tensor, group_name: str) -> Tensor:
-    buf = _symm_bufs[(x.numel(), x.dtype, x.device)]
-    buf.copy_(x.reshape(-1))
-    return torch.ops.symm_mem.one_shot_all_reduce(buf, "sum", group_name).view(x.shape)
+    _, handle, peers, epoch = _symm_bufs[(x.numel(), x.dtype, x.device)]
+    return K.all_reduce_launch(x.reshape(-1).contiguous(), peers, epoch, handle.rank).view(x.shape)
 
 
 @symm_mem_all_reduce.register_fake

@@ -219,6 +219,43 @@ def test_set_all_reduce_replaces_the_hooks():
     assert [len(m._forward_hooks) for layer in shard.layers for m in (layer.attention, layer.feed_forward)] == hooks
 
 
+ALL_REDUCE_CHECK = """
+import torch, kernels as K
+# Three ranks' buffers in CPU memory; the kernel runs as rank 1, after ranks 0 and 2 have pushed their rows
+# and raised their flags (the interpreter runs one kernel at a time, so the others are played by PyTorch).
+N, world, block, rank = 1000, 3, 256, 1
+P = -(-N // block)
+bufs = [torch.zeros(K.AR_FLAGS + 2 * world * N, dtype=torch.int32) for _ in range(world)]
+peers = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.int64)
+epoch = torch.zeros(P, dtype=torch.int32)
+slots = lambda b, e, r: b[K.AR_FLAGS:].view(torch.float32)[((e % 2) * world + r) * N:][:N]
+for e in (1, 2, 3):  # calls alternate between the two sets of slots
+    xs = [torch.randn(N) for _ in range(world)]
+    for r in (0, 2):
+        slots(bufs[rank], e, r).copy_(xs[r])
+        bufs[rank][torch.arange(P) * world + r] = e + (r == 2)  # a flag may already be a later call's
+    y = K.all_reduce_launch(xs[rank], peers, epoch, rank, block=block, num_warps=1)
+    assert torch.equal(y, xs[0] + xs[1] + xs[2]), (y - xs[0] - xs[1] - xs[2]).abs().max()  # in rank order
+    for b in (bufs[0], bufs[2]):  # rank 1 pushed its row and raised its flag in the other ranks' buffers
+        assert torch.equal(slots(b, e, rank), xs[rank]) and b[torch.arange(P) * world + rank].tolist() == [e] * P
+    assert epoch.tolist() == [e] * P
+K.AR_SPIN_LIMIT = 5  # rank 0 never raises its flag of call 4: NaN, not a hang
+y = K.all_reduce_launch(torch.randn(N), peers, epoch, rank, block=block, num_warps=1)
+assert y.isnan().all() and epoch.tolist() == [4] * P
+print("ok")
+"""
+
+
+def test_all_reduce_kernel_in_interpreter():
+    """tp.py's symmetric-memory all-reduce kernel on CPU through Triton's interpreter: the sum in rank order,
+    the pushes and flags, the alternating slots, a flag of a later call, and a missing rank."""
+    pytest.importorskip("triton")
+    from conftest import run_cli
+
+    r = run_cli("-c", ALL_REDUCE_CHECK, env={"TRITON_INTERPRET": "1"})
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
 if __name__ == "__main__":
     _worker(*sys.argv[1:])
     # As tp.py does: skip interpreter teardown, where gloo's threads sometimes abort a rank ("terminate

@@ -605,21 +605,24 @@ if triton is not None:
     # Calls are counted on the device (epoch, one counter per program; under CUDA graphs nothing else could
     # count them): the flag of call e is e, and calls alternate between the two sets of slots, so a rank
     # that has gone on to call e + 1 cannot overwrite the slots a slower rank is still summing for call e
-    # (to reach e + 2 it needs that rank's flag of e + 1, raised only after that rank finished e).
+    # (to reach e + 2 it needs that rank's flag of e + 1, raised only after that rank finished e). This holds
+    # if every rank makes the same calls, in one stream, with the same split (block), and every kernel
+    # launched with PDL waits (gdc_wait) before it touches memory, as all of this file's and Inductor's do.
+    # Like NCCL, a rank waits for the others as long as it takes (torchrun stops every rank if one dies).
+    # Needs peer atomics: NVLink (or another P2P link that has them).
     AR_FLAGS, AR_BLOCK, AR_WARPS = 256, 1024, 4  # int32 words of flags; the values each program sums, its warps
-    AR_SPIN_LIMIT = 1 << 22  # polls of a flag before giving up
 
     @triton.jit
     def _all_reduce_kernel(x_ptr, y_ptr, peers_ptr, epoch_ptr, N, RANK: tl.constexpr, WORLD: tl.constexpr,
-                           FLAGS: tl.constexpr, BLOCK: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr):
+                           FLAGS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
         p = tl.program_id(0)  # the programs split x; each has its own flags and epoch
         offs = p * BLOCK + tl.arange(0, BLOCK)
         ok = offs < N
         dtype = x_ptr.dtype.element_ty
         if PDL:
-            tl.extra.cuda.gdc_wait()  # x is the previous kernel's output (and the epoch may be the one before's)
-        e = tl.load(epoch_ptr + p) + 1
-        slots = (e % 2) * WORLD  # this call's set of slots
+            tl.extra.cuda.gdc_wait()  # x, and the epoch, which the kernel before may be the all-reduce before
+        e = tl.load(epoch_ptr + p) + 1  # wraps around after 2^31 calls: the slots take its last bit,
+        slots = (e & 1) * WORLD  # this call's set of slots
         x = tl.load(x_ptr + offs, mask=ok)
         for r in tl.static_range(WORLD):  # push x into slot RANK of every other rank's buffer
             if r != RANK:
@@ -633,33 +636,29 @@ if triton is not None:
         flags = tl.load(peers_ptr + RANK).to(tl.pointer_type(tl.int32))
         data = tl.multiple_of((flags + FLAGS).to(tl.pointer_type(dtype)), 16)
         acc = tl.zeros((BLOCK,), tl.float32)
-        spins = 0
         for r in tl.static_range(WORLD):
             if r == RANK:
                 acc += x.to(tl.float32)
-            else:  # wait for rank r's flag of this call (or a later one), then read its slot from L2, not L1
-                seen = tl.atomic_cas(flags + p * WORLD + r, -1, -1, sem="acquire", scope="sys")  # a read (flags >= 0)
-                while (seen - e < 0) & (spins < SPIN_LIMIT):
-                    seen = tl.atomic_cas(flags + p * WORLD + r, -1, -1, sem="acquire", scope="sys")
-                    spins += 1
+            else:  # wait for rank r's flag of this call (or the next: the difference wraps too), then read its
+                # slot from L2, not L1. Swapping -1 for -1 changes nothing: an acquiring read.
+                while tl.atomic_cas(flags + p * WORLD + r, -1, -1, sem="acquire", scope="sys") - e < 0:
+                    pass
                 acc += tl.load(data + (slots + r) * N + offs, mask=ok, cache_modifier=".cg").to(tl.float32)
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        # a rank that never comes (it died) gives NaN after some seconds, not a hang
-        tl.store(y_ptr + offs, tl.where(spins < SPIN_LIMIT, acc, float("nan")).to(dtype), mask=ok)
+        tl.store(y_ptr + offs, acc.to(dtype), mask=ok)
         tl.store(epoch_ptr + p, e)
 
     def all_reduce_launch(x: Tensor, peers: Tensor, epoch: Tensor, rank: int, block: int | None = None,
                           num_warps: int | None = None) -> Tensor:
         """The sum over ranks of x (one row), each rank's buffer of AR_FLAGS int32 words and 2 x world x
-        x.numel() values at peers[r] (int64 addresses, on the device); epoch: int32 zeros, one per program,
-        kept between calls."""
+        x.numel() values at peers[r] (int64 addresses, on the device); epoch: int32, one per program of this
+        split (block), zero on a new buffer and kept between calls."""
         N, world, block = x.numel(), peers.numel(), block or AR_BLOCK
-        assert epoch.numel() >= triton.cdiv(N, block) and world * triton.cdiv(N, block) <= AR_FLAGS
+        assert epoch.numel() == triton.cdiv(N, block) and world * epoch.numel() <= AR_FLAGS, "one buffer, one split"
         y = torch.empty_like(x)
         _all_reduce_kernel[(triton.cdiv(N, block),)](x, y, peers, epoch, N, RANK=rank, WORLD=world, FLAGS=AR_FLAGS,
-                                                      BLOCK=block, SPIN_LIMIT=AR_SPIN_LIMIT,
-                                                      num_warps=num_warps or AR_WARPS, **_pdl(x))
+                                                      BLOCK=block, num_warps=num_warps or AR_WARPS, **_pdl(x))
         return y
 
     @triton.jit

@@ -112,10 +112,11 @@ class SymmMemAllReduce:
     other shapes (prefill, batches) use NCCL. Opt-in (--all_reduce symm_mem)."""
 
     def __init__(self, dim: int, dtype, device):
-        if torch.device(device).type != "cuda" or K.triton is None:
-            raise UsageError(f"--all_reduce symm_mem needs the model on a CUDA device (and Triton), not {device}: "
-                             "build a meta shard with the NCCL all-reduce, move it to the GPU, then call "
-                             "tp.set_all_reduce")
+        if torch.device(device).type != "cuda":
+            raise UsageError(f"--all_reduce symm_mem needs the model on a CUDA device, not {device}: build a meta "
+                             "shard with the NCCL all-reduce, move it to the GPU, then call tp.set_all_reduce")
+        if K.triton is None:
+            raise UsageError("--all_reduce symm_mem needs Triton (pip install triton), or use --all_reduce nccl")
         self.group, self.key = dist.group.WORLD.group_name, (dim, dtype, torch.device(device))
         if self.key not in _symm_bufs:
             _symm_bufs[self.key] = symm_mem_buffers(dim, dtype, torch.device(device), self.group)
@@ -127,7 +128,9 @@ class SymmMemAllReduce:
 
 
 # The symmetric buffers, one per (size, dtype, device), made and exchanged between ranks once, with the
-# kernel's call counters. The all-reduce is a custom op so that torch.compile sees one opaque call.
+# kernel's call counters. The all-reduce is a custom op so that torch.compile sees one opaque call; it declares
+# no mutation although it counts calls and writes to the other ranks, which is safe as long as no call is merged
+# with another or dropped: each has its own input and its output is used.
 _symm_bufs: dict = {}
 
 
@@ -142,6 +145,7 @@ def symm_mem_buffers(dim: int, dtype, device, group: str, block: int | None = No
     buf.zero_()
     torch.cuda.synchronize(device)  # zero before any peer can raise a flag in it
     handle = symm_mem.rendezvous(buf, group)
+    assert handle.buffer_ptrs[handle.rank] == buf.data_ptr(), "the addresses are those of the buffers' starts"
     peers = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
     return buf, handle, peers, torch.zeros(K.triton.cdiv(dim, block), dtype=torch.int32, device=device)
 
@@ -293,8 +297,8 @@ def main(argv=None) -> None:
     parser = generate.build_parser()
     parser.prog, parser.description = "tp.py", __doc__.splitlines()[0]
     parser.add_argument("--all_reduce", choices=["nccl", "symm_mem"], default="nccl",
-                        help="nccl (gloo with --device cpu), or symm_mem: PyTorch's one-shot symmetric-memory "
-                             "all-reduce for batch-1 decode (CUDA)")
+                        help="nccl (gloo with --device cpu), or symm_mem: a one-kernel all-reduce through "
+                             "symmetric memory for batch-1 decode (CUDA, one host, NVLink)")
     args = parser.parse_args(argv)
     rank, world_size, local_rank = rank_from_env()
     generate.check_args(args)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import generate  # noqa: E402
@@ -130,8 +131,9 @@ def all_reduce_times(dim: int, calls: int) -> dict:
 
 
 def all_reduce_agrees(dim: int, calls: int = 50) -> bool:
-    """tp.py's all-reduce (eager, then replayed in a CUDA graph) against NCCL's, on new random rows each call:
-    within a bf16 rounding of it (NCCL's order of additions differs), and the same bits on every rank."""
+    """tp.py's all-reduce (eager, replayed in a CUDA graph, and many calls in one graph with the ranks out of step)
+    against NCCL's, on new random rows each time: within a bf16 rounding of it (NCCL's order of additions
+    differs), and the same bits on every rank."""
     _, handle, peers, epoch = symm_mem_buffers(dim, torch.bfloat16, torch.device("cuda"), dist.group.WORLD.group_name)
     x = torch.randn(dim, device="cuda", dtype=torch.bfloat16)
     K.all_reduce_launch(x, peers, epoch, handle.rank)  # built before the capture
@@ -146,10 +148,29 @@ def all_reduce_agrees(dim: int, calls: int = 50) -> bool:
             y = y_graph.clone()
         else:
             y = K.all_reduce_launch(x, peers, epoch, handle.rank)
-        ref = funcol.wait_tensor(funcol.all_reduce(x.float(), "sum", dist.group.WORLD))
-        every = funcol.wait_tensor(funcol.all_gather_tensor(y, 0, dist.group.WORLD)).view(-1, dim)
-        ok &= bool(torch.allclose(y.float(), ref, rtol=2 ** -7, atol=1e-6) and (every == y).all())
+        ok &= agrees(x, y)
+    # Back to back with the ranks out of step: 16 calls in one CUDA graph, each rank sleeping before different
+    # calls, so that one rank runs ahead of another (what the two sets of slots are for)
+    xs = torch.randn(16, dim, device="cuda", dtype=torch.bfloat16)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ys = []
+        for i in range(len(xs)):
+            if (i + handle.rank) % 3 == 0:
+                torch.cuda._sleep(100_000)  # GPU clock cycles: tens of microseconds
+            ys.append(K.all_reduce_launch(xs[i], peers, epoch, handle.rank))
+    for _ in range(5):
+        xs.normal_()
+        graph.replay()
+        ok &= agrees(xs, torch.stack(ys))
     return ok
+
+
+def agrees(x: Tensor, y: Tensor) -> bool:
+    """y, this rank's all-reduce of x, is NCCL's within a bf16 rounding, and the same bits on every rank."""
+    ref = funcol.wait_tensor(funcol.all_reduce(x.float(), "sum", dist.group.WORLD))
+    every = funcol.wait_tensor(funcol.all_gather_tensor(y.reshape(1, -1), 0, dist.group.WORLD))
+    return bool(torch.allclose(y.float(), ref, rtol=2 ** -7, atol=1e-6) and (every == y.reshape(1, -1)).all())
 
 
 def int8_70b(layers: int, new_tokens: int, rank: int, n: int) -> dict:
@@ -301,6 +322,7 @@ def main():
         full = build(args, torch.bfloat16)
         shard = shard_model(full, rank, n, all_reduce="symm_mem")
         del full
+        ok &= same
         report["symm_mem"] = {"compiled N-GPU == 1 GPU": same,
                               "tok_s_ngpu": timed(shard, a.new_tokens, generate.compile_steps(True, False, shard)[1])}
         line = f"compiled greedy == 1 GPU: {'PASS' if same else 'FAIL'}, {report['symm_mem']['tok_s_ngpu']:.1f} tok/s"

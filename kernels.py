@@ -613,6 +613,10 @@ if triton is not None:
     AR_FLAGS, AR_BLOCK, AR_WARPS = 256, 1024, 4  # int32 words of flags; the values each program sums, its warps
 
     @triton.jit
+    def _buffer(peers_ptr, r):  # rank r's buffer (its flags), mapped into this process
+        return tl.load(peers_ptr + r).to(tl.pointer_type(tl.int32))
+
+    @triton.jit
     def _all_reduce_kernel(x_ptr, y_ptr, peers_ptr, epoch_ptr, N, RANK: tl.constexpr, WORLD: tl.constexpr,
                            FLAGS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
         p = tl.program_id(0)  # the programs split x; each has its own flags and epoch
@@ -626,14 +630,13 @@ if triton is not None:
         x = tl.load(x_ptr + offs, mask=ok)
         for r in tl.static_range(WORLD):  # push x into slot RANK of every other rank's buffer
             if r != RANK:
-                data = (tl.load(peers_ptr + r).to(tl.pointer_type(tl.int32)) + FLAGS).to(tl.pointer_type(dtype))
+                data = (_buffer(peers_ptr, r) + FLAGS).to(tl.pointer_type(dtype))
                 tl.store(tl.multiple_of(data, 16) + (slots + RANK) * N + offs, x, mask=ok)
         tl.debug_barrier()  # all of this program's stores come before its flags (whose release publishes them)
         for r in tl.static_range(WORLD):
             if r != RANK:
-                flags = tl.load(peers_ptr + r).to(tl.pointer_type(tl.int32))
-                tl.atomic_xchg(flags + p * WORLD + RANK, e, sem="release", scope="sys")
-        flags = tl.load(peers_ptr + RANK).to(tl.pointer_type(tl.int32))
+                tl.atomic_xchg(_buffer(peers_ptr, r) + p * WORLD + RANK, e, sem="release", scope="sys")
+        flags = _buffer(peers_ptr, RANK)
         data = tl.multiple_of((flags + FLAGS).to(tl.pointer_type(dtype)), 16)
         acc = tl.zeros((BLOCK,), tl.float32)
         for r in tl.static_range(WORLD):

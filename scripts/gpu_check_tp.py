@@ -166,6 +166,10 @@ def all_reduce_agrees(dim: int, calls: int = 50) -> bool:
     return ok
 
 
+def all_reduce_rows(times: dict, prefix: str) -> list[str]:
+    return [f"{prefix + k:<40} {v if isinstance(v, str) else f'{v * 1000:.1f} us'}" for k, v in times.items()]
+
+
 def agrees(x: Tensor, y: Tensor) -> bool:
     """y, this rank's all-reduce of x, is NCCL's within a bf16 rounding, and the same bits on every rank."""
     ref = funcol.wait_tensor(funcol.all_reduce(x.float(), "sum", dist.group.WORLD))
@@ -230,7 +234,7 @@ def main():
         times, agrees = all_reduce_times(shape["dim"], 2 * a.layers), all_reduce_agrees(shape["dim"])
         if rank == 0:
             print(f"\ntp.py's all-reduce on {n} x {report['gpu']}: == NCCL, on all ranks: {'PASS' if agrees else 'FAIL'}",
-                  *(f"{k:<40} {v if isinstance(v, str) else f'{v * 1000:.1f} us'}" for k, v in times.items()), sep="\n")
+                  *all_reduce_rows(times, ""), sep="\n")
         dist.destroy_process_group()
         sys.exit(0 if agrees else 1)
 
@@ -301,8 +305,7 @@ def main():
                 f"{'weights GB: 1 GPU / per GPU':<40} {s['weights_GB_1gpu']:.2f} / {s['weights_GB_per_gpu']:.2f}",
                 f"{'weight GB/s: 1 GPU / per GPU':<40} {s['GB_s_1gpu']:.0f} / {s['GB_s_per_gpu']:.0f}",
                 *(f"{f'memory GB rank {r} (allocated, peak)':<40} {m[0]:.2f}, {m[1]:.2f}" for r, m in enumerate(mem)),
-                *(f"{f'all-reduce (1, 1, {dim}) bf16, {k}':<40} "
-                  f"{v if isinstance(v, str) else f'{v * 1000:.1f} us'}" for k, v in report["all_reduce_ms"].items()),
+                *all_reduce_rows(report["all_reduce_ms"], f"all-reduce (1, 1, {dim}) bf16, "),
                 f"{f'{2 * a.layers} NCCL all-reduces, share of a token':<40} {nccl_share}"]
         if a.int8_70b:
             b = report["int8_70b"]

@@ -151,14 +151,23 @@ def _skinny_fits(x: Tensor, weight: Tensor) -> bool:
             and weight.is_contiguous() and weight.numel() < 2 ** 31)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear, except for batched decode on CUDA (2 to 16 rows of one token each, 16-bit weights, no bias):
-    the skinny product below. At 8 rows on an H100 it took 152 us per 7B block against cuBLAS's 157 (plus
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tensor | None = None,
+           gemv: bool = False) -> Tensor:
+    """x @ weight^T + bias + residual. On CUDA with 16-bit weights and no bias, batched decode (2 to 16 rows of one
+    token each) runs the skinny product below: at 8 rows on an H100 152 us per 7B block against cuBLAS's 157 (plus
     cuBLAS's split-K reduction kernels), and batch-8 decode went from 1337 to 1425 tok/s (BENCHMARKS.md).
-    One row stays with Inductor, whose GEMV has the RMSNorm fused in."""
+    One row stays with Inductor, whose GEMV has the RMSNorm in front fused in (wqkv, w13), unless `gemv` (wo, w2:
+    their input comes from a kernel of this file, so Inductor has nothing to fuse): then the Triton GEMV, which also
+    adds the residual. Inductor's took 10.6 us at wo's shape on one of two tensor-parallel ranks (K = 2048), the
+    GEMV 5.7, and 2-GPU 7B decode went from 384.9 to 405.8 tok/s (H200s, BENCHMARKS.md run 105)."""
     if x.dim() == 3 and x.shape[1] == 1 and bias is None and weight.dtype == x.dtype and _use_skinny(x, weight):
-        return torch.ops.gptfast.skinny_mm(x, weight)
-    return F.linear(x, weight, bias)
+        y = torch.ops.gptfast.skinny_mm(x, weight)
+    elif (gemv and _use_triton(x) and bias is None and weight.dtype == x.dtype and x.dtype in (torch.bfloat16,
+          torch.float16) and (residual is None or _fused_add(x, weight, residual))):
+        return torch.ops.gptfast.gemv(x, weight, None, False, residual)
+    else:
+        y = F.linear(x, weight, bias)
+    return y if residual is None else residual + y
 
 
 def int8_linear(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None = None,
@@ -167,7 +176,7 @@ def int8_linear(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None =
     adds the residual (of x's shape and dtype) as it stores its output: 0.7 us more a 7B layer on an H200, and no
     add kernel (BENCHMARKS.md runs 85, 87)."""
     if _use_triton(x) and bias is None and (residual is None or _fused_add(x, weight, residual)):
-        return torch.ops.gptfast.int8_gemv(x, weight, scales, False, residual)
+        return torch.ops.gptfast.gemv(x, weight, scales, False, residual)
     y = _int8_product(x, weight, scales)
     y = y if bias is None else y + bias
     return y if residual is None else residual + y
@@ -179,7 +188,7 @@ def _fused_add(x: Tensor, weight: Tensor, residual: Tensor) -> bool:
 
 def _int8_product(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     if _use_triton(x):
-        return torch.ops.gptfast.int8_gemv(x, weight, scales)
+        return torch.ops.gptfast.gemv(x, weight, scales)
     if _use_skinny(x, weight):  # 2-16 rows in all (short prompts, speculative verification, batched decode): on an
         return torch.ops.gptfast.skinny_mm(x, weight, scales)  # H100 95 us per 7B block at 5 or 8 rows, against
         # 1223 us for the path below run eagerly (BENCHMARKS.md run 59)
@@ -194,7 +203,7 @@ def int8_swiglu(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     """swiglu(int8_linear(x, weight, scales)), weight the fused [gate; up]. For one row on CUDA the GEMV does it:
     its programs compute row r of gate and of up and store silu(gate) * up, so the SwiGLU kernel goes."""
     if _use_triton(x) and USE_GATED:
-        return torch.ops.gptfast.int8_gemv(x, weight, scales, True)
+        return torch.ops.gptfast.gemv(x, weight, scales, True)
     return swiglu(int8_linear(x, weight, scales))
 
 
@@ -264,7 +273,10 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # at g64 the best shape changed between the sweeps, and (4, 2048, 2) took 63.8-66.8 us (tinygemm 66.7-67.2).
 # int8_gated (w13 with the SwiGLU): (2, 512, 2) the best of 9 shapes on an H100 (2026-11-27, BENCHMARKS.md run 76),
 # 51.8 us for w13 and w2 of a 7B layer; (2, 1024, 2) 52.6, (4, 1024, 2) 56.3.
-CONFIGS = {"int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
+# bf16 (wo and w2 of a 16-bit model, kernels.linear): (8, 512, 2), the best of 29 shapes over a 7B block at one of two
+# tensor-parallel ranks' shapes on an H200 (2026-11-27, BENCHMARKS.md run 105): wo 5.7 us (Inductor's 10.6), w2 12.8 (13.1).
+CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
+           "int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
@@ -273,7 +285,7 @@ if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
     with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
-        CONFIGS.update({k if k in ("int8", "int8_gated", "skinny", "skinny_int8") else int(k): v
+        CONFIGS.update({k if k in ("bf16", "int8", "int8_gated", "skinny", "skinny_int8") else int(k): v
                         for k, v in json.load(f).items()})
 
 _warned = False
@@ -289,10 +301,17 @@ if triton is not None:
         return (u ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0  # 2^23 + 128
 
     @triton.jit
-    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          GATED: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr):
-        # y = (w @ x) * s: w int8 (N, K), s the per-row scales. GATED: w has 2N rows, gate then up (the fused
-        # w13), and y = silu(gate) * up: the program computes row r of both, so the SwiGLU costs no kernel.
+    def _to_float(w):  # a tile of weights, int8 or 16-bit floats, to float32
+        if w.dtype == tl.int8:
+            return _int8_to_float(w)
+        return w.to(tl.float32)
+
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GATED: tl.constexpr, RESIDUAL: tl.constexpr, SCALED: tl.constexpr, PDL: tl.constexpr):
+        # y = (w @ x) * s: w int8 (N, K), s the per-row scales; or, SCALED false, y = w @ x with w 16-bit floats.
+        # GATED: w has 2N rows, gate then up (the fused w13), and y = silu(gate) * up: the program computes row r
+        # of both, so the SwiGLU costs no kernel.
         # RESIDUAL: y = r + y, rounded as a separate add would round it, which then costs no kernel either.
         # (The RMSNorm before wqkv and w13 measured slower inside this kernel than as Inductor's: BENCHMARKS.md.)
         # Each program owns BLOCK_N output rows and walks all of K: the reduction stays in registers
@@ -315,17 +334,21 @@ if triton is not None:
             x = tl.load(x_ptr + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
             next_ok = row_ok[:, None] & (k0 + BLOCK_K + cols[None, :] < K)
             w_next = tl.load(w_at + k0 + BLOCK_K, mask=next_ok, other=0)
-            acc += _int8_to_float(w) * x[None, :]
+            acc += _to_float(w) * x[None, :]
             w = w_next
             if GATED:
                 u_next = tl.load(u_at + k0 + BLOCK_K, mask=next_ok, other=0)
-                acc_u += _int8_to_float(u) * x[None, :]
+                acc_u += _to_float(u) * x[None, :]
                 u = u_next
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        y = tl.sum(acc, axis=1)
+        if SCALED:
+            y *= tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         if GATED:
-            up = tl.sum(acc_u, axis=1) * tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
+            up = tl.sum(acc_u, axis=1)
+            if SCALED:
+                up *= tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
             y = y / (1.0 + tl.exp(-y)) * up
         if RESIDUAL:
             r = tl.load(r_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
@@ -344,7 +367,7 @@ if triton is not None:
         # sum (q - 8) x = sum (256 + q) x_lo + sum (16 + q) x_hi - 264 sum x_lo - 24 sum x_hi.
         # (4.2 instructions a weight against 10 for dequantizing each nibble; a 7B block on an H100 20% faster
         # than tinygemm at g32, 10-14% at g128, about even at g64: BENCHMARKS.md runs 90-98.)
-        # GATED and RESIDUAL as in _int8_gemv_kernel: a gated tile interleaves BLOCK_N rows of the gate (w's first
+        # GATED and RESIDUAL as in _gemv_kernel: a gated tile interleaves BLOCK_N rows of the gate (w's first
         # N rows) with the same rows of the up projection (its last N).
         NG: tl.constexpr = BLOCK_K // G  # groups a tile
         W: tl.constexpr = G // 8  # words a group
@@ -410,16 +433,18 @@ if triton is not None:
             y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
-    def int8_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
-                         gated: bool = False, residual: Tensor | None = None) -> Tensor:
-        """One row x (K,) -> (N,); gated: the SwiGLU of the two halves (N / 2,); residual (N,): added."""
+    def gemv_launch(x: Tensor, weight: Tensor, scales: Tensor | None, BLOCK_N: int, BLOCK_K: int, num_warps: int,
+                    gated: bool = False, residual: Tensor | None = None) -> Tensor:
+        """One row x (K,) -> (N,), weight int8 with row scales or 16-bit (scales None); gated: the SwiGLU of the
+        two halves (N / 2,); residual (N,): added."""
         assert not (gated and weight.shape[0] % 2), "a gated weight stacks the gate and up halves"
         N, K = weight.shape[0] // (2 if gated else 1), weight.shape[1]
         assert residual is None or (residual.numel() == N and residual.dtype == x.dtype), "residual: (N,), x's dtype"
         y = torch.empty(N, device=x.device, dtype=x.dtype)
-        _int8_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
-            x, weight, scales, x if residual is None else residual, y, N, K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-            GATED=gated, RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
+        _gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
+            x, weight, x if scales is None else scales, x if residual is None else residual, y, N, K, BLOCK_N=BLOCK_N,
+            BLOCK_K=BLOCK_K, GATED=gated, RESIDUAL=residual is not None, SCALED=scales is not None, num_warps=num_warps,
+            **_pdl(x))
         return y
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
@@ -687,15 +712,15 @@ if triton is not None:
 
     # Custom ops: torch.compile treats them as opaque calls (no tracing into Triton) and CUDA graphs
     # capture their launches like any other kernel.
-    @torch.library.custom_op("gptfast::int8_gemv", mutates_args=())
-    def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor, gated: bool = False,
-                  residual: Tensor | None = None) -> Tensor:
-        y = int8_gemv_launch(x.reshape(-1).contiguous(), weight, scales, gated=gated,
-                             residual=None if residual is None else residual.reshape(-1).contiguous(),
-                             **CONFIGS["int8_gated" if gated else "int8"])
+    @torch.library.custom_op("gptfast::gemv", mutates_args=())
+    def gemv(x: Tensor, weight: Tensor, scales: Tensor | None, gated: bool = False,
+             residual: Tensor | None = None) -> Tensor:
+        y = gemv_launch(x.reshape(-1).contiguous(), weight, scales, gated=gated,
+                        residual=None if residual is None else residual.reshape(-1).contiguous(),
+                        **CONFIGS["bf16" if scales is None else "int8_gated" if gated else "int8"])
         return y.view(*x.shape[:-1], -1)
 
-    @int8_gemv.register_fake
+    @gemv.register_fake
     def _(x, weight, scales, gated=False, residual=None):
         return x.new_empty(*x.shape[:-1], weight.shape[0] // (2 if gated else 1))
 

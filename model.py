@@ -126,13 +126,17 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear; on CUDA, batched decode's products go to a kernel that reads each weight once (kernels.linear).
+    """nn.Linear; on CUDA, batched decode's products go to a kernel that reads each weight once (kernels.linear),
+    and so does one row where gemv is set (wo and w2, whose inputs Inductor cannot fuse into the product).
     Like every linear layer here (quantize.py's too) it takes the residual to add to its output, so that a kernel
-    may add it as it stores the output (the int8 and int4 GEMVs do; Inductor fuses the add into its own kernels)."""
+    may add it as it stores the output (the GEMVs do; Inductor fuses the add into its own kernels)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, gemv: bool = False):
+        super().__init__(in_features, out_features, bias)
+        self.gemv = gemv
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        y = kernels.linear(x, self.weight, self.bias)
-        return y if residual is None else residual + y
+        return kernels.linear(x, self.weight, self.bias, residual, self.gemv)
 
 
 class KVCache(nn.Module):
@@ -158,7 +162,7 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         qkv_out = (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
         self.wqkv = Linear(args.dim, qkv_out, bias=args.qkv_bias)
-        self.wo = Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
+        self.wo = Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias, gemv=True)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor,
@@ -190,7 +194,7 @@ class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.w13 = Linear(args.dim, 2 * args.intermediate_size, bias=False)  # gate and up, fused
-        self.w2 = Linear(args.intermediate_size, args.dim, bias=False)
+        self.w2 = Linear(args.intermediate_size, args.dim, bias=False, gemv=True)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """w2(silu(gate) * up), [gate; up] = w13(x), plus residual if given (added by w2)"""

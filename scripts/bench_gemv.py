@@ -1,18 +1,21 @@
-"""Matrix-vector products of the Llama-2-7B layer shapes, one shape at a time, on the GPU:
+"""Matrix-vector products of one layer's shapes (Llama-2-7B unless --shape), one shape at a time, on the GPU:
 
-python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int4] [--rows 8] [--budget_s 300] [--json FILE]
-                             [--configs_out FILE]
+python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int4] [--shape llama-2-7b] [--tp 1] [--rows 8]
+                             [--budget_s 300] [--json FILE] [--configs_out FILE]
 
 For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as compile_regions compiles
 the model: coordinate descent tuning, programmatic dependent launch; also with the RMSNorm in front, as wqkv
-and w13 run in the model); for --rows rows of bf16 (skinny: batched decode) cuBLAS and kernels.py's skinny
-kernel over a grid of launch shapes (skinny_int8: int8 weights, dequantize + cuBLAS against the same kernel taking
-int8 tiles and row scales); for int8 weights kernels.py's Triton GEMV over a grid of launch shapes; for int4
-(groups of 32, 64, 128) PyTorch's tinygemm (aten._weight_int4pack_mm) and kernels.py's int4 GEMV over a grid
-of launch shapes, and at 2048 rows (prefill) tinygemm against the PyTorch path (dequantize, then cuBLAS).
-Each timing replays a CUDA graph of one product per copy of the weights (copies enough to exceed the 50 MB
-L2), so the kernels' starts and ends overlap as in a decode step. Prints the variants per shape, best first, and the launch shape that is best over the
-four products of a block together; --configs_out writes those (for GPTFAST_GEMV_CONFIGS).
+and w13 run in the model, and with the residual added, as wo and w2 do), and kernels.py's GEMV taking bf16
+weights over a grid of launch shapes (wo and w2 with the residual added); for --rows rows of bf16 (skinny:
+batched decode) cuBLAS and kernels.py's skinny kernel over a grid of launch shapes (skinny_int8: int8 weights,
+dequantize + cuBLAS against the same kernel taking int8 tiles and row scales); for int8 weights kernels.py's
+GEMV over a grid of launch shapes; for int4 (groups of 32, 64, 128) PyTorch's tinygemm
+(aten._weight_int4pack_mm) and kernels.py's int4 GEMV over a grid of launch shapes, and at 2048 rows (prefill)
+tinygemm against the PyTorch path (dequantize, then cuBLAS). The shapes are one layer of --shape (one of
+bench.py's) as one of --tp tensor-parallel ranks holds it. Each timing replays a CUDA graph of one product per
+copy of the weights (copies enough to exceed the 50 MB L2), so the kernels' starts and ends overlap as in a
+decode step. Prints the variants per shape, best first, and the launch shape that is best over the four
+products of a block together; --configs_out writes those (for GPTFAST_GEMV_CONFIGS).
 """
 import argparse
 import itertools
@@ -30,14 +33,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import kernels as K  # noqa: E402
 import quantize as Q  # noqa: E402
 from gpu_check_quant import time_graph  # noqa: E402
+from bench import SHAPES  # noqa: E402
 from model import rms_norm  # noqa: E402
 
-SHAPES = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2": (4096, 11008),
-          "output": (32000, 4096)}  # (N, K)
+
+
+def layer_shapes(shape: str, tp: int) -> dict:
+    """{product: (N, K)} of one layer of bench.py's --shape, as one of tp ranks holds it (tp.py's split: wqkv and
+    w13 by rows, wo and w2 by columns); the output layer only without tensor parallelism."""
+    c = SHAPES[shape]
+    dim, H, ffn = c["hidden_size"], c["num_attention_heads"], c["intermediate_size"]
+    D, KV = dim // H, max(c.get("num_key_value_heads", H) // tp, 1)
+    s = {"wqkv": ((H // tp + 2 * KV) * D, dim), "wo": (dim, dim // tp), "w13": (2 * ffn // tp, dim),
+         "w2": (dim, ffn // tp)}
+    return s if tp > 1 else {**s, "output": (c["vocab_size"], dim)}
+
+
 GRID8 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
          for bn, bk, nw in itertools.product((1, 2, 4, 8), (512, 1024, 2048), (2, 4, 8)) if 1024 <= bn * bk <= 8192]
 GRID16 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
           for bn, bk, nw, ns in itertools.product((16, 32, 64), (64, 128, 256), (2, 4), (3, 4, 5)) if 2048 <= bn * bk <= 16384]
+GRID16B = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # the same GEMV taking bf16 weights (twice the bytes a tile)
+           for bn, bk, nw in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (2, 4, 8))
+           if 1024 <= bn * bk <= 8192 and bk >= 32 * nw * 4]
 GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # the kernel wants BLOCK_K >= 1024 * num_warps (4 words a thread)
          for bn, bk, nw in ((2, 2048, 2), (4, 1024, 1), (4, 2048, 2), (4, 4096, 4), (8, 1024, 1), (8, 2048, 2),
                             (8, 4096, 4), (16, 1024, 1), (16, 2048, 2))]
@@ -50,6 +68,8 @@ def label(cfg: dict) -> str:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--kinds", default="bf16,int8,int4", help="comma-separated: bf16, int8, int4")
+    p.add_argument("--shape", default="llama-2-7b", choices=[k for k in SHAPES if k != "tiny"])
+    p.add_argument("--tp", type=int, default=1, help="the shapes one of this many tensor-parallel ranks holds")
     p.add_argument("--rows", type=int, default=8, help="activation rows for kind skinny (batched decode)")
     p.add_argument("--budget_s", type=float, default=300, help="stop each kind's launch-shape sweep after this long")
     p.add_argument("--json", type=Path, default=None)
@@ -59,10 +79,12 @@ def main():
     if not set(kinds) <= {"bf16", "skinny", "skinny_int8", "int8", "int4"}:
         p.error(f"--kinds {a.kinds}: choose from bf16, skinny, skinny_int8, int8, int4")
     dev, bf16 = "cuda", torch.bfloat16
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}", flush=True)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}, {a.shape}"
+          f"{f', one of {a.tp} tensor-parallel ranks' if a.tp > 1 else ''}", flush=True)
     torch._dynamo.config.cache_size_limit = 64
     opts = {"coordinate_descent_tuning": True, "triton.enable_pdl": K.USE_PDL}
     inductor = torch.compile(lambda x, w: F.linear(x, w), fullgraph=True, dynamic=False, options=opts)
+    inductor_add = torch.compile(lambda x, w, r: F.linear(x, w) + r, fullgraph=True, dynamic=False, options=opts)
     inductor_norm = torch.compile(lambda x, g, w: F.linear(rms_norm(x, g, 1e-5), w), fullgraph=True, dynamic=False,
                                   options=opts)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -80,7 +102,7 @@ def main():
             return False
         return True
 
-    for name, (n, k) in SHAPES.items():
+    for name, (n, k) in layer_shapes(a.shape, a.tp).items():
         x = torch.randn(1, k, device=dev, dtype=bf16, generator=gen)
         xv = x.view(-1)  # what the Triton GEMVs take
         g = torch.rand(k, device=dev, dtype=bf16, generator=gen) + 0.5
@@ -93,6 +115,15 @@ def main():
             add(name, "bf16", "inductor", lambda: [inductor(x, w) for w in ws], nb16, inductor(x, ws[0]), ref, copies)
             add(name, "bf16", "inductor with RMSNorm", lambda: [inductor_norm(x, g, w) for w in ws], nb16,
                 inductor_norm(x, g, ws[0]), rms_norm(x.float(), g.float(), 1e-5) @ ws[0].float().t(), copies)
+            res = torch.randn(n, device=dev, dtype=bf16, generator=gen) if name in ("wo", "w2") else None
+            if res is not None:  # the model adds the residual in these two
+                refr = ref + res.float()
+                add(name, "bf16", "inductor + residual", lambda: [inductor_add(x, w, res) for w in ws], nb16,
+                    inductor_add(x, ws[0], res), refr, copies)
+            for cfg in GRID16B:
+                if in_budget("bf16"):
+                    add(name, "bf16", label(cfg), lambda: [K.gemv_launch(xv, w, None, **cfg, residual=res) for w in ws],
+                        nb16, K.gemv_launch(xv, ws[0], None, **cfg, residual=res), ref if res is None else refr, copies)
         if "skinny" in kinds:  # a.rows rows of one token (batched decode): cuBLAS against the skinny kernel
             xm = torch.randn(a.rows, 1, k, device=dev, dtype=bf16, generator=gen)
             refm = xm.view(a.rows, k).float() @ ws[0].float().t()
@@ -117,8 +148,8 @@ def main():
             ref8 = (x.float() @ q8[0][0].float().t()) * q8[0][1].float()
             for cfg in GRID8:
                 if in_budget("int8"):
-                    add(name, "int8", label(cfg), lambda: [K.int8_gemv_launch(xv, q, s, **cfg) for q, s in q8],
-                        n * k + n * 2, K.int8_gemv_launch(xv, *q8[0], **cfg), ref8, copies)
+                    add(name, "int8", label(cfg), lambda: [K.gemv_launch(xv, q, s, **cfg) for q, s in q8],
+                        n * k + n * 2, K.gemv_launch(xv, *q8[0], **cfg), ref8, copies)
         del q8
         if "int4" in kinds and name != "output":
             for G in (32, 64, 128):
@@ -161,15 +192,15 @@ def main():
         torch.cuda.empty_cache()
     print("\nbest launch shapes over the block's products (wqkv, wo, w13, w2) together, sum of us:")
     best = {}
-    for kind in sorted({r["kind"] for r in rows if r["kind"] not in ("bf16", "int4 g32 prefill")}):
+    for kind in sorted({r["kind"] for r in rows if r["kind"] != "int4 g32 prefill"}):
         ranked, shapes = best_configs(rows, kind, 5)
         print(f"{kind} ({shapes} shapes):", "; ".join(f"{label(cfg)}: {t:.1f} us" for t, cfg in ranked), flush=True)
-        for base in ("tinygemm", "cuBLAS", "dequantize + cuBLAS"):
+        for base in ("tinygemm", "cuBLAS", "dequantize + cuBLAS", "inductor"):
             ref = [r for r in rows if r["kind"] == kind and r["variant"] == base and r["shape"] != "output"]
             if ref:
                 print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
         if ranked:
-            named = kind in ("int8", "skinny", "skinny_int8")
+            named = kind in ("bf16", "int8", "skinny", "skinny_int8")
             best[kind if named else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32
     if a.configs_out and best:
         a.configs_out.write_text(json.dumps({str(k): v for k, v in best.items()}, indent=1))

@@ -88,7 +88,7 @@ def main():
         q, s = Q.quantize_int8(w)
         s = s.to(bf16)
         ref = (x.float() @ q.float().t()) * s.float()
-        err = ((torch.ops.gptfast.int8_gemv(x, q, s).float() - ref).abs().max() / ref.abs().max()).item()
+        err = ((torch.ops.gptfast.gemv(x, q, s).float() - ref).abs().max() / ref.abs().max()).item()
         ok &= err < 1e-2
         err_i = ((int8_inductor(x, q, s).float() - ref).abs().max() / ref.abs().max()).item()
         x5 = torch.randn(5, k, device=dev, dtype=bf16, generator=gen)  # 5 rows: the skinny kernel
@@ -98,14 +98,14 @@ def main():
         print(f"check int8 {name} ({n}x{k}): max rel err {err:.2e}, inductor {err_i:.2e}, 5 rows {err5:.2e}", flush=True)
         # the residual add after the product, in the GEMV (kernels.int8_linear)
         r = torch.randn(1, n, device=dev, dtype=bf16, generator=gen)
-        y_r = torch.ops.gptfast.int8_gemv(x, q, s, False, r).float()
+        y_r = torch.ops.gptfast.gemv(x, q, s, False, r).float()
         err_r = ((y_r - r.float() - ref).abs().max() / ref.abs().max()).item()
         ok &= err_r < 1e-2
         print(f"check int8 {name} with the residual: max rel err {err_r:.2e}", flush=True)
         if name == "w13":  # gate and up: the SwiGLU in the GEMV (kernels.int8_swiglu)
             gate, up = ref.chunk(2, dim=-1)
             ref_g = F.silu(gate) * up
-            y_g = torch.ops.gptfast.int8_gemv(x, q, s, True).float()
+            y_g = torch.ops.gptfast.gemv(x, q, s, True).float()
             err_g = ((y_g - ref_g).abs().max() / ref_g.abs().max()).item()
             ok &= err_g < 1e-2
             print(f"check int8 w13 with the SwiGLU: max rel err {err_g:.2e}", flush=True)
@@ -207,7 +207,7 @@ def main():
     bench("int8 PyTorch path (eager, dequantize+matmul)",
           lambda n, c: ((lambda x, t=quantized(8, n, c): F.linear(x, t[0].to(bf16)) * t[1]), nbytes(*quantized(8, n, c))))
     bench("int8 triton default " + str(K.CONFIGS["int8"]),
-          lambda n, c: ((lambda x, t=quantized(8, n, c): torch.ops.gptfast.int8_gemv(x, *t)), nbytes(*quantized(8, n, c))))
+          lambda n, c: ((lambda x, t=quantized(8, n, c): torch.ops.gptfast.gemv(x, *t)), nbytes(*quantized(8, n, c))))
     bench("int8 inductor (compiled int8_row)",
           lambda n, c: ((lambda x, t=quantized(8, n, c): int8_inductor(x, *t)), nbytes(*quantized(8, n, c))))
     for G in (32, 64, 128):

@@ -139,6 +139,31 @@ with torch.no_grad():
             assert launched == ([2 * T] * (4 * args.n_layers + 1) if T <= 8 else []), (compiled, T, launched)  # + output
 K._use_skinny, K.skinny_mm_launch = use_skinny, launch
 
+# One row (batch-1 decode) of wo and w2 (Linear(gemv=True)) runs the GEMV with the residual added in (kernels.linear;
+# its rule without the CUDA test): decode logits against F.linear's, eager and compiled, two launches a layer a step.
+model = M.Transformer(args).to(torch.float16)
+for p in model.parameters():
+    torch.nn.init.normal_(p, std=0.5)
+model.setup_caches(1, 64)
+idx, use_triton, glaunch, glaunched = torch.randint(0, 50, (1, 8)), K._use_triton, K.gemv_launch, []
+K.gemv_launch = lambda *a, **kw: glaunched.append((a[2], kw.get("residual") is not None)) or glaunch(*a, **kw)
+def decode(model):
+    model(idx[:, :4], torch.arange(4))  # a prompt of 4 rows: F.linear
+    return torch.stack([model(idx[:, p:p + 1], torch.tensor([p]))[:, -1] for p in range(4, 8)]).float()
+with torch.no_grad():
+    ref = decode(model)
+    K._use_triton = lambda x, rows=1: x.numel() // x.shape[-1] <= rows
+    for compiled in (False, True):
+        if compiled:
+            g.compile_regions(model)
+        glaunched.clear()
+        got = decode(model)
+        assert (got - ref).abs().max() < 0.01 * ref.abs().max(), (compiled, (got - ref).abs().max())
+        assert glaunched == [(None, True)] * (2 * args.n_layers * 4), (compiled, glaunched)
+x, w, r = (torch.randn(shape, dtype=torch.float16) for shape in ((1, 1, 96), (64, 96), (1, 1, 64)))
+torch.library.opcheck(torch.ops.gptfast.gemv.default, (x, w, None, False, r))
+K._use_triton, K.gemv_launch = use_triton, glaunch
+
 def run(model, fused, B, prompt_len, row_start, steps=4):
     K.use_decode_attention = lambda qkv, k_cache: fused  # the model's dispatch, forced either way
     for layer in model.layers:
@@ -181,7 +206,8 @@ print("ok")
 
 def test_model_kernels_in_interpreter():
     """kernels.py's kernels for the model, through Triton's CPU interpreter: SwiGLU against F.silu; the skinny
-    product (16-bit and int8 weights) against a float32 matmul; the fused
+    product (16-bit and int8 weights) against a float32 matmul; the GEMV of wo and w2 in batch-1 decode against
+    F.linear, eager and compiled; the fused
     decode attention (RoPE, cache write, flash decoding, slice merge) against model.Attention's PyTorch path,
     eager and once compiled with compile_regions."""
     pytest.importorskip("triton")

@@ -114,14 +114,19 @@ for N, Kd, G, cfg in [(24, 256, 32, (8, 64, 4)), (10, 192, 64, (4, 128, 4)), (18
     w, x = torch.randn(N, Kd), torch.randn(Kd)
     q, s = Q.quantize_int8(w)
     q[0, :4] = torch.tensor([-128, 127, 0, -1], dtype=torch.int8)  # the ends of the range convert exactly
-    y = K.int8_gemv_launch(x, q, s, *cfg)
+    y = K.gemv_launch(x, q, s, *cfg)
     torch.testing.assert_close(y, (x @ q.float().T) * s, atol=1e-4, rtol=1e-4)
     gate, up = ((x @ q.float().T) * s).chunk(2)  # the first N/2 rows are the gate, the rest the up projection
-    y = K.int8_gemv_launch(x, q, s, *cfg, gated=True)
+    y = K.gemv_launch(x, q, s, *cfg, gated=True)
     torch.testing.assert_close(y, torch.nn.functional.silu(gate) * up, atol=1e-4, rtol=1e-4)
     r = torch.randn(N)  # the residual added as the output is stored
-    y = K.int8_gemv_launch(x, q, s, *cfg, residual=r)
+    y = K.gemv_launch(x, q, s, *cfg, residual=r)
     torch.testing.assert_close(y, r + (x @ q.float().T) * s, atol=1e-4, rtol=1e-4)
+    wb = (w * 0.1).bfloat16()  # 16-bit weights, no scales (the bf16 model's wo and w2)
+    torch.testing.assert_close(K.gemv_launch(x, wb, None, *cfg, residual=r), r + x @ wb.float().T, atol=1e-4, rtol=1e-4)
+    gate, up = (x @ wb.float().T).chunk(2)
+    torch.testing.assert_close(K.gemv_launch(x, wb, None, *cfg, gated=True), torch.nn.functional.silu(gate) * up,
+                               atol=1e-4, rtol=1e-4)
     p, s4, z4 = Q.quantize_int4(w, G, torch.float32)
     y, ref = K.int4_gemv_launch(x, p, s4, z4, G, *cfg), x @ K.dequantize_int4(p, s4, z4, G).T
     # the kernel's float32 sums carry offsets of 16 and 256 (see it), so its error is ~1e-6 of the output's scale
@@ -161,13 +166,13 @@ if int4:  # the fake's shape is the kernel's
 else:
     w, s = torch.randint(-127, 128, (24, 64), dtype=torch.int8), torch.rand(24)
     for args in [(x, w, s, True), (x, w, s, False, r)]:
-        torch.library.opcheck(torch.ops.gptfast.int8_gemv.default, args)
+        torch.library.opcheck(torch.ops.gptfast.gemv.default, args)
     m = Q.Int8Linear(64, 24, bias=True)
     m.weight.copy_(w), m.scales.copy_(s), m.bias.data.copy_(torch.randn(24))
     want = r + x @ (w.float() * s[:, None]).T + m.bias
 # the int4 kernel's float32 sums carry offsets of 16 and 256 (KERNEL_CHECK): its error scales with the output's
 torch.testing.assert_close(m(x, residual=r), want, atol=1e-4 + (2e-5 * want.abs().max().item() if int4 else 0), rtol=1e-4)
-name = "int4_gemv_launch" if int4 else "int8_gemv_launch"
+name = "int4_gemv_launch" if int4 else "gemv_launch"
 launches, launch = [], getattr(K, name)
 # recorded once the launch returns: the int4 op computes the PyTorch path when its kernel raises
 setattr(K, name, lambda *a, **kw: (launch(*a, **kw), launches.append((kw.get("gated", False), kw.get("residual") is not None)))[0])
@@ -228,8 +233,8 @@ def test_generate_asks_tinygemm_for_steps_of_several_rows(stories_int4, monkeypa
 
 
 def test_triton_kernels_in_interpreter():
-    """The Triton GEMVs against the PyTorch path, on CPU through Triton's interpreter (tiny shapes,
-    partial last K block included). Skipped where Triton is not installed."""
+    """The Triton GEMVs (int8 and 16-bit weights, int4) against the PyTorch path, on CPU through Triton's
+    interpreter (tiny shapes, partial last K block included). Skipped where Triton is not installed."""
     pytest.importorskip("triton")
     r = run_cli("-c", KERNEL_CHECK, env={"TRITON_INTERPRET": "1"})
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

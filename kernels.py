@@ -1,12 +1,12 @@
 """The Triton kernels of the decode step, each with a PyTorch path that is its reference and runs wherever
 the kernel does not (CPU, no Triton, shapes it does not take):
 - matmuls with quantized weights: GEMVs for batch-1 decode (below; reference paths here), the int4 one also
-  for 2-16 rows, once a row;
+  for 2-16 rows, once a row; the int8 one also takes 16-bit weights (wo and w2 of a 16-bit model, see linear);
 - matmuls of 2-16 activation rows (batched decode; with int8 weights also short prompts and speculative
   verification): a skinny product that reads each weight once;
 - decode attention for one new token: RoPE, KV-cache write and flash-decoding attention in one kernel
   (reference: model.Attention's PyTorch path);
-- SwiGLU, as a kernel of its own so that Inductor does not inline it into the w2 product.
+- SwiGLU, as a kernel of its own (Inductor inlined it into its w2 product, recomputing it in every program).
 
 Decode at batch 1 multiplies one activation row by every weight matrix, so its speed is bytes of
 weights read per second. The Triton kernels below read the quantized bytes once, dequantize in
@@ -91,7 +91,7 @@ USE_DECODE_ATTENTION = USE_TRITON and not os.environ.get("GPTFAST_NO_DECODE_ATTE
 USE_SKINNY = USE_TRITON and not os.environ.get("GPTFAST_NO_SKINNY")
 # GPTFAST_NO_GATED=1 leaves the SwiGLU after a quantized w13 to its own kernel (swiglu) instead of the GEMV (int8_swiglu).
 USE_GATED = USE_TRITON and not os.environ.get("GPTFAST_NO_GATED")
-# GPTFAST_NO_FUSED_ADD=1 leaves the residual add after a quantized GEMV (wo, w2) to a kernel of its own.
+# GPTFAST_NO_FUSED_ADD=1 leaves the residual add after a GEMV (wo, w2: quantized, or 16-bit) to a kernel of its own.
 USE_FUSED_ADD = USE_TRITON and not os.environ.get("GPTFAST_NO_FUSED_ADD")
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
@@ -121,6 +121,12 @@ def _use_triton(x: Tensor, rows: int = 1) -> bool:
     return USE_TRITON and x.is_cuda and 1 <= x.numel() // x.shape[-1] <= rows
 
 
+def _use_gemv(x: Tensor, weight: Tensor) -> bool:
+    """Whether _gemv_kernel takes this product: one row of x (_use_triton), and rows of K contiguous weights that its
+    32-bit offsets address."""
+    return _use_triton(x) and weight.is_contiguous() and weight.numel() < 2 ** 31
+
+
 def use_decode_attention(qkv: Tensor, k_cache: Tensor) -> bool:
     """Whether model.Attention can hand a one-token step to the fused Triton kernel (decode_attention_launch):
     CUDA, 16-bit, a power-of-two head_dim from 32 to 256, and a cache its 32-bit offsets can address."""
@@ -131,10 +137,10 @@ def use_decode_attention(qkv: Tensor, k_cache: Tensor) -> bool:
 def swiglu(gate_up: Tensor) -> Tensor:
     """silu(gate) * up, gate and up the two halves of the last dimension (the fused w13 output).
 
-    On CUDA it is a kernel of its own (a custom op). Left to Inductor, it is inlined into the bf16 w2
-    matrix-vector kernel that reads it, where every program recomputes it for the whole row (an exp and
-    a division per element per program): on an H100 that w2 took 41.6 us per 7B layer; as a kernel of its
-    own, 1.2 us plus 36.7 us for w2 (BENCHMARKS.md)."""
+    On CUDA it is a kernel of its own (a custom op). Left to Inductor, it was inlined into Inductor's bf16 w2
+    matrix-vector kernel that read it (before one row of w2 ran the GEMV below), where every program recomputed
+    it for the whole row (an exp and a division per element per program): on an H100 that w2 took 41.6 us per
+    7B layer; as a kernel of its own, 1.2 us plus 36.7 us for w2 (BENCHMARKS.md)."""
     if USE_TRITON and gate_up.is_cuda:
         return torch.ops.gptfast.swiglu(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
@@ -158,13 +164,17 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tens
     cuBLAS's split-K reduction kernels), and batch-8 decode went from 1337 to 1425 tok/s (BENCHMARKS.md).
     One row stays with Inductor, whose GEMV has the RMSNorm in front fused in (wqkv, w13), unless `gemv` (wo, w2:
     their input comes from a kernel of this file, so Inductor has nothing to fuse): then the Triton GEMV, which also
-    adds the residual. Inductor's took 10.6 us at wo's shape on one of two tensor-parallel ranks (K = 2048), the
-    GEMV 5.7, and 2-GPU 7B decode went from 384.9 to 405.8 tok/s (H200s, BENCHMARKS.md run 105)."""
+    adds the residual (without a bias). Inductor's took 10.6 us at wo's shape on one of two tensor-parallel ranks
+    (K = 2048), the GEMV 5.7; 2-GPU 7B decode went from 349.5 to 390.7 tok/s, one H200 from 256.5 to 273.4
+    (BENCHMARKS.md runs 105-106). Every rank takes the GEMV, whether or not it adds the residual (tp.py: only rank 0
+    does)."""
     if x.dim() == 3 and x.shape[1] == 1 and bias is None and weight.dtype == x.dtype and _use_skinny(x, weight):
         y = torch.ops.gptfast.skinny_mm(x, weight)
-    elif (gemv and _use_triton(x) and bias is None and weight.dtype == x.dtype and x.dtype in (torch.bfloat16,
-          torch.float16) and (residual is None or _fused_add(x, weight, residual))):
-        return torch.ops.gptfast.gemv(x, weight, None, False, residual)
+    elif gemv and _use_gemv(x, weight) and weight.dtype == x.dtype and x.dtype in (torch.bfloat16, torch.float16):
+        if bias is None and (residual is None or _fused_add(x, weight, residual)):
+            return torch.ops.gptfast.gemv(x, weight, None, False, residual)
+        y = torch.ops.gptfast.gemv(x, weight, None)
+        y = y if bias is None else y + bias
     else:
         y = F.linear(x, weight, bias)
     return y if residual is None else residual + y
@@ -175,7 +185,7 @@ def int8_linear(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None =
     """x (..., K) @ dequantized weight^T + bias + residual -> (..., N). For one row on CUDA and no bias the GEMV
     adds the residual (of x's shape and dtype) as it stores its output: 0.7 us more a 7B layer on an H200, and no
     add kernel (BENCHMARKS.md runs 85, 87)."""
-    if _use_triton(x) and bias is None and (residual is None or _fused_add(x, weight, residual)):
+    if _use_gemv(x, weight) and bias is None and (residual is None or _fused_add(x, weight, residual)):
         return torch.ops.gptfast.gemv(x, weight, scales, False, residual)
     y = _int8_product(x, weight, scales)
     y = y if bias is None else y + bias
@@ -187,7 +197,7 @@ def _fused_add(x: Tensor, weight: Tensor, residual: Tensor) -> bool:
 
 
 def _int8_product(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
-    if _use_triton(x):
+    if _use_gemv(x, weight):
         return torch.ops.gptfast.gemv(x, weight, scales)
     if _use_skinny(x, weight):  # 2-16 rows in all (short prompts, speculative verification, batched decode): on an
         return torch.ops.gptfast.skinny_mm(x, weight, scales)  # H100 95 us per 7B block at 5 or 8 rows, against
@@ -202,7 +212,7 @@ def _int8_product(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
 def int8_swiglu(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     """swiglu(int8_linear(x, weight, scales)), weight the fused [gate; up]. For one row on CUDA the GEMV does it:
     its programs compute row r of gate and of up and store silu(gate) * up, so the SwiGLU kernel goes."""
-    if _use_triton(x) and USE_GATED:
+    if _use_gemv(x, weight) and USE_GATED:
         return torch.ops.gptfast.gemv(x, weight, scales, True)
     return swiglu(int8_linear(x, weight, scales))
 
@@ -273,8 +283,9 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # at g64 the best shape changed between the sweeps, and (4, 2048, 2) took 63.8-66.8 us (tinygemm 66.7-67.2).
 # int8_gated (w13 with the SwiGLU): (2, 512, 2) the best of 9 shapes on an H100 (2026-11-27, BENCHMARKS.md run 76),
 # 51.8 us for w13 and w2 of a 7B layer; (2, 1024, 2) 52.6, (4, 1024, 2) 56.3.
-# bf16 (wo and w2 of a 16-bit model, kernels.linear): (8, 512, 2), the best of 29 shapes over a 7B block at one of two
-# tensor-parallel ranks' shapes on an H200 (2026-11-27, BENCHMARKS.md run 105): wo 5.7 us (Inductor's 10.6), w2 12.8 (13.1).
+# bf16 (wo and w2 of a 16-bit model, kernels.linear): (8, 512, 2), the best of 29 shapes over a 7B block at the shapes
+# of one of two tensor-parallel ranks on an H200 (2026-11-27, BENCHMARKS.md run 105): wo 5.7 us (Inductor's 10.6), w2
+# 12.8 (13.1). Over wo and w2 alone it is within 2% of the best on one H200 and 5% on an H100 ((8, 1024, 2): 0-4%).
 CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),

@@ -131,8 +131,8 @@ class Linear(nn.Linear):
     Like every linear layer here (quantize.py's too) it takes the residual to add to its output, so that a kernel
     may add it as it stores the output (the GEMVs do; Inductor fuses the add into its own kernels)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, gemv: bool = False):
-        super().__init__(in_features, out_features, bias)
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, gemv: bool = False, **kwargs):
+        super().__init__(in_features, out_features, bias, **kwargs)
         self.gemv = gemv
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:

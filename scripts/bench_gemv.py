@@ -61,6 +61,10 @@ GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # the kernel wants BLOCK_K 
                             (8, 4096, 4), (16, 1024, 1), (16, 2048, 2))]
 
 
+BLOCK = ("wqkv", "wo", "w13", "w2")
+USES = {"bf16": ("wo", "w2")}  # the products whose launch shape a kind sets (kernels.linear's gemv layers); else BLOCK
+
+
 def label(cfg: dict) -> str:
     return "triton " + ",".join(f"{k}={v}" for k, v in cfg.items())
 
@@ -190,13 +194,15 @@ def main():
                 print(f"   ERROR: {len(bad)} variants off by > 2e-2, e.g. {bad[0]}", flush=True)
         del ws
         torch.cuda.empty_cache()
-    print("\nbest launch shapes over the block's products (wqkv, wo, w13, w2) together, sum of us:")
+    print("\nbest launch shapes over the products each kind runs in the model (bf16: wo and w2; the others: wqkv, wo, "
+          "w13, w2), sum of us:")
     best = {}
     for kind in sorted({r["kind"] for r in rows if r["kind"] != "int4 g32 prefill"}):
         ranked, shapes = best_configs(rows, kind, 5)
         print(f"{kind} ({shapes} shapes):", "; ".join(f"{label(cfg)}: {t:.1f} us" for t, cfg in ranked), flush=True)
-        for base in ("tinygemm", "cuBLAS", "dequantize + cuBLAS", "inductor"):
-            ref = [r for r in rows if r["kind"] == kind and r["variant"] == base and r["shape"] != "output"]
+        for base in ("tinygemm", "cuBLAS", "dequantize + cuBLAS", "inductor + residual"):
+            ref = [r for r in rows
+                   if r["kind"] == kind and r["variant"] == base and r["shape"] in USES.get(kind, BLOCK)]
             if ref:
                 print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
         if ranked:
@@ -210,11 +216,11 @@ def main():
 
 
 def best_configs(rows, kind, n):
-    """[(total us, launch shape)] for the n shapes with the smallest total over the layer shapes that every
-    one of them ran (all four unless --budget_s stopped the sweep), and that number of layer shapes."""
+    """[(total us, launch shape)] for the n shapes with the smallest total over the layer shapes the kind runs
+    (USES) that every one of them ran (all unless --budget_s stopped the sweep), and that number of layer shapes."""
     totals = {}
     for r in rows:
-        if r["kind"] == kind and r["variant"].startswith("triton") and r["shape"] != "output":
+        if r["kind"] == kind and r["variant"].startswith("triton") and r["shape"] in USES.get(kind, BLOCK):
             totals.setdefault(r["variant"], []).append(r["us"])
     most = max((len(v) for v in totals.values()), default=0)
     ranked = sorted((sum(v), cfg) for cfg, v in totals.items() if len(v) == most)[:n]

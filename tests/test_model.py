@@ -146,7 +146,8 @@ for p in model.parameters():
     torch.nn.init.normal_(p, std=0.5)
 model.setup_caches(1, 64)
 idx, use_triton, glaunch, glaunched = torch.randint(0, 50, (1, 8)), K._use_triton, K.gemv_launch, []
-K.gemv_launch = lambda *a, **kw: glaunched.append((a[2], kw.get("residual") is not None)) or glaunch(*a, **kw)
+K.gemv_launch = lambda *a, **kw: (glaunched.append((kw.get("gated", False), kw.get("residual") is not None))
+                                  or glaunch(*a, **kw))
 def decode(model):
     model(idx[:, :4], torch.arange(4))  # a prompt of 4 rows: F.linear
     return torch.stack([model(idx[:, p:p + 1], torch.tensor([p]))[:, -1] for p in range(4, 8)]).float()
@@ -159,9 +160,16 @@ with torch.no_grad():
         glaunched.clear()
         got = decode(model)
         assert (got - ref).abs().max() < 0.01 * ref.abs().max(), (compiled, (got - ref).abs().max())
-        assert glaunched == [(None, True)] * (2 * args.n_layers * 4), (compiled, glaunched)
+        assert glaunched == [(False, True)] * (2 * args.n_layers * 4), (compiled, glaunched)
 x, w, r = (torch.randn(shape, dtype=torch.float16) for shape in ((1, 1, 96), (64, 96), (1, 1, 64)))
 torch.library.opcheck(torch.ops.gptfast.gemv.default, (x, w, None, False, r))
+# with a bias (o_bias) the GEMV leaves the bias and the residual to adds; a strided weight goes to F.linear
+for weight, bias, want in [(w, None, [(False, True)]), (w, torch.randn(64, dtype=torch.float16), [(False, False)]),
+                           (torch.randn(96, 64, dtype=torch.float16).t(), None, [])]:
+    glaunched.clear()
+    y, y_ref = K.linear(x, weight, bias, r, gemv=True).float(), r.float() + x.float() @ weight.float().T
+    y_ref = y_ref if bias is None else y_ref + bias.float()
+    assert (y - y_ref).abs().max() < 1e-2 * y_ref.abs().max() and glaunched == want, (bias is None, glaunched)
 K._use_triton, K.gemv_launch = use_triton, glaunch
 
 def run(model, fused, B, prompt_len, row_start, steps=4):

@@ -5,17 +5,18 @@ python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int4] [--shap
 
 For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as compile_regions compiles
 the model: coordinate descent tuning, programmatic dependent launch; also with the RMSNorm in front, as wqkv
-and w13 run in the model, and with the residual added, as wo and w2 do), and kernels.py's GEMV taking bf16
-weights over a grid of launch shapes (wo and w2 with the residual added); for --rows rows of bf16 (skinny:
-batched decode) cuBLAS and kernels.py's skinny kernel over a grid of launch shapes (skinny_int8: int8 weights,
-dequantize + cuBLAS against the same kernel taking int8 tiles and row scales); for int8 weights kernels.py's
-GEMV over a grid of launch shapes; for int4 (groups of 32, 64, 128) PyTorch's tinygemm
+and w13 run in the model), and for wo and w2 Inductor's with the residual added against kernels.py's GEMV
+taking bf16 weights over a grid of launch shapes (the layers that run it, adding the residual); for --rows rows
+of bf16 (skinny: batched decode) cuBLAS and kernels.py's skinny kernel over a grid of launch shapes (skinny_int8:
+int8 weights, dequantize + cuBLAS against the same kernel taking int8 tiles and row scales); for int8 weights
+kernels.py's GEMV over a grid of launch shapes; for int4 (groups of 32, 64, 128) PyTorch's tinygemm
 (aten._weight_int4pack_mm) and kernels.py's int4 GEMV over a grid of launch shapes, and at 2048 rows (prefill)
 tinygemm against the PyTorch path (dequantize, then cuBLAS). The shapes are one layer of --shape (one of
 bench.py's) as one of --tp tensor-parallel ranks holds it. Each timing replays a CUDA graph of one product per
 copy of the weights (copies enough to exceed the 50 MB L2), so the kernels' starts and ends overlap as in a
-decode step. Prints the variants per shape, best first, and the launch shape that is best over the four
-products of a block together; --configs_out writes those (for GPTFAST_GEMV_CONFIGS).
+decode step. Prints the variants per shape, best first, and the launch shape of each kind that is best over the
+products it runs together (bf16: wo and w2; the others: wqkv, wo, w13, w2); --configs_out writes those (for
+GPTFAST_GEMV_CONFIGS).
 """
 import argparse
 import itertools
@@ -35,7 +36,6 @@ import quantize as Q  # noqa: E402
 from gpu_check_quant import time_graph  # noqa: E402
 from bench import SHAPES  # noqa: E402
 from model import rms_norm  # noqa: E402
-
 
 
 def layer_shapes(shape: str, tp: int) -> dict:
@@ -119,15 +119,15 @@ def main():
             add(name, "bf16", "inductor", lambda: [inductor(x, w) for w in ws], nb16, inductor(x, ws[0]), ref, copies)
             add(name, "bf16", "inductor with RMSNorm", lambda: [inductor_norm(x, g, w) for w in ws], nb16,
                 inductor_norm(x, g, ws[0]), rms_norm(x.float(), g.float(), 1e-5) @ ws[0].float().t(), copies)
-            res = torch.randn(n, device=dev, dtype=bf16, generator=gen) if name in ("wo", "w2") else None
-            if res is not None:  # the model adds the residual in these two
-                refr = ref + res.float()
-                add(name, "bf16", "inductor + residual", lambda: [inductor_add(x, w, res) for w in ws], nb16,
-                    inductor_add(x, ws[0], res), refr, copies)
+        if "bf16" in kinds and name in USES["bf16"]:  # the layers that run the GEMV, which adds their residual
+            res = torch.randn(n, device=dev, dtype=bf16, generator=gen)
+            refr = ref + res.float()
+            add(name, "bf16", "inductor + residual", lambda: [inductor_add(x, w, res) for w in ws], nb16,
+                inductor_add(x, ws[0], res), refr, copies)
             for cfg in GRID16B:
                 if in_budget("bf16"):
                     add(name, "bf16", label(cfg), lambda: [K.gemv_launch(xv, w, None, **cfg, residual=res) for w in ws],
-                        nb16, K.gemv_launch(xv, ws[0], None, **cfg, residual=res), ref if res is None else refr, copies)
+                        nb16, K.gemv_launch(xv, ws[0], None, **cfg, residual=res), refr, copies)
         if "skinny" in kinds:  # a.rows rows of one token (batched decode): cuBLAS against the skinny kernel
             xm = torch.randn(a.rows, 1, k, device=dev, dtype=bf16, generator=gen)
             refm = xm.view(a.rows, k).float() @ ws[0].float().t()

@@ -282,17 +282,13 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # (2026-11-27, BENCHMARKS.md runs 90 and 94: g32 62.8-63.9 us, tinygemm 78.2-78.8; g128 55.2-57.6, tinygemm 64.2-64.3);
 # at g64 the best shape changed between the sweeps, and (4, 2048, 2) took 63.8-66.8 us (tinygemm 66.7-67.2).
 # int8_gated (w13 with the SwiGLU): (2, 512, 2) the best of 9 shapes on an H100 (2026-11-27, BENCHMARKS.md run 76),
-# 51.8 us for w13 and w2 of a 7B layer; (2, 1024, 2) 52.6, (4, 1024, 2) 56.3. int8_gated_large, for gated weights of
-# 2^27 bytes or more: (2, 1024, 2). On an H100 (BENCHMARKS.md runs 119-121), (2, 512, 2) read such weights 15-21% slower in 7
-# of 8 shapes (Llama-2-70B's w13 on one or two GPUs: 190.9 and 98.1 us against 159.7 and 82.2; 70B 14336x8192 on 8192
-# and 16384x4096 too), where (2, 1024, 2) is best or within 2%; below 2^27 bytes (2, 512, 2) is best or within 1%.
+# 51.8 us for w13 and w2 of a 7B layer; (2, 1024, 2) 52.6, (4, 1024, 2) 56.3.
 # bf16 (wo and w2 of a 16-bit model, kernels.linear): (8, 512, 2), the best of 29 shapes over a 7B block at the shapes
 # of one of two tensor-parallel ranks on an H200 (2026-11-27, BENCHMARKS.md run 105): wo 5.7 us (Inductor's 10.6), w2
 # 12.8 (13.1). Over wo and w2 alone it is within 2% of the best on one H200 and 5% on an H100 ((8, 1024, 2): 0-4%).
 CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
-           "int8_gated_large": dict(BLOCK_N=2, BLOCK_K=1024, num_warps=2),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
            **{G: dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2) for G in (32, 64, 128, 256)}}
@@ -300,19 +296,10 @@ if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
     with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
-        names = ("bf16", "int8", "int8_gated", "int8_gated_large", "skinny", "skinny_int8")
-        CONFIGS.update({k if k in names else int(k): v for k, v in json.load(f).items()})
+        CONFIGS.update({k if k in ("bf16", "int8", "int8_gated", "skinny", "skinny_int8") else int(k): v
+                        for k, v in json.load(f).items()})
 
 _warned = False
-
-
-def gemv_kind(weight: Tensor, scales: Tensor | None, gated: bool) -> str:
-    """The CONFIGS key of _gemv_kernel's launch shape for this weight (int8 with scales, else 16-bit)."""
-    if scales is None:
-        return "bf16"
-    if gated:
-        return "int8_gated_large" if weight.numel() >= 2 ** 27 else "int8_gated"
-    return "int8"
 
 if triton is not None:
 
@@ -741,7 +728,7 @@ if triton is not None:
              residual: Tensor | None = None) -> Tensor:
         y = gemv_launch(x.reshape(-1).contiguous(), weight, scales, gated=gated,
                         residual=None if residual is None else residual.reshape(-1).contiguous(),
-                        **CONFIGS[gemv_kind(weight, scales, gated)])
+                        **CONFIGS["bf16" if scales is None else "int8_gated" if gated else "int8"])
         return y.view(*x.shape[:-1], -1)
 
     @gemv.register_fake

@@ -201,3 +201,8 @@ def chat_loop(args, model, tokenizer: Tokenizer, prefill_fn=prefill, decode_fn=d
         except ContextFull as e:
             print(f"\n[{e}: start a new chat to continue]", file=sys.stderr)
             return
+
+
+if __name__ == "__main__":  # a module of generate.py, not a command of its own
+    print("error: chat.py has no command line: run python generate.py --checkpoint DIR --chat", file=sys.stderr)
+    sys.exit(2)

@@ -5,7 +5,6 @@ Also the library the other files use: load(), sample(), prefill(), decode_one_to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model import CheckpointError, Transformer
+from model import CheckpointError, Transformer, checkpoint_dir
 from tokenizer import StreamDecoder, Tokenizer
 
 DEMO_CHECKPOINT = Path(__file__).parent / "checkpoints" / "SmolLM2-135M-Instruct"
@@ -253,10 +252,7 @@ def keep_tokens(tokens: list[int], out: list[list[int]], done: list[bool], eos_i
 # ------------------------------------------------------------------------------------ loading
 def load(checkpoint: str | Path, device: str = "cpu", dtype: torch.dtype = torch.bfloat16):
     """(model, tokenizer) from a checkpoint directory; raises CheckpointError with a clear message."""
-    path = Path(checkpoint)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} not found: pass --checkpoint DIR "
-                              "(a Hugging Face model folder with config.json, *.safetensors and a tokenizer)")
+    path = checkpoint_dir(checkpoint)
     tokenizer = Tokenizer(path)
     model = Transformer.from_pretrained(path, device=device, dtype=dtype)
     return model, tokenizer
@@ -341,6 +337,10 @@ def check_args(args) -> None:
         raise UsageError(f"--prompt_lookup must be >= 1 (the n-gram length), got {args.prompt_lookup}")
     if args.draft_checkpoint is not None and args.prompt_lookup:
         raise UsageError("--draft_checkpoint and --prompt_lookup are alternatives: pass one of them")
+    if args.system is not None and not args.chat:
+        raise UsageError("--system is the system prompt of --chat: add --chat, or drop --system")
+    if args.chat and (args.prompt or args.prompt_file):
+        raise UsageError("--chat reads its messages from the terminal: drop --prompt and --prompt_file")
 
 
 def read_prompts(args) -> list[str]:
@@ -445,6 +445,14 @@ def main(argv=None, load_fn=load, args=None) -> None:
             stats += (f", {n_bytes * tok_s / 1e9:.0f} GB/s of weights, "
                       f"peak memory {torch.cuda.max_memory_allocated() / 1e9:.2f} GB")
         print(stats, file=sys.stderr)
+
+
+def check_output_dir(path: Path, flag: str) -> None:
+    """Refuse an output folder that cannot be made before any work: the nearest existing folder above it must be a
+    writable directory (quantize.py, scripts/convert_gguf.py, scripts/download.py)."""
+    above = next(p for p in Path(path).absolute().parents if p.exists())
+    if not (above.is_dir() and os.access(above, os.W_OK | os.X_OK)):
+        raise UsageError(f"{flag} {path}: cannot make it under {above} (not a writable directory): choose another place")
 
 
 def usual_permissions(folder: Path) -> None:

@@ -327,6 +327,17 @@ def assign_weights(model: Transformer, state: dict[str, Tensor], path) -> Transf
     return model.eval()
 
 
+def checkpoint_dir(path: str | Path, flag: str = "--checkpoint") -> Path:
+    """path, if it is a directory; else a CheckpointError that says what to pass."""
+    path = Path(path)
+    if path.is_file():
+        raise CheckpointError(f"{flag} {path} is a file: pass the checkpoint directory that holds it ({path.parent})")
+    if not path.is_dir():
+        raise CheckpointError(f"{flag} {path} not found: pass a checkpoint directory (a Hugging Face model folder "
+                              "with config.json, *.safetensors and a tokenizer)")
+    return path
+
+
 def read_config(path: Path) -> dict:
     file = Path(path) / "config.json"
     if not file.is_file():

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import kernels
-from generate import UsageError, one_line_errors, run, usual_permissions
-from model import CheckpointError, KVCache, Transformer, hf_to_ours, read_config, rope_frequencies, safetensors_files
+from generate import UsageError, check_output_dir, one_line_errors, run, usual_permissions
+from model import (CheckpointError, KVCache, Transformer, checkpoint_dir, hf_to_ours, read_config, rope_frequencies,
+                   safetensors_files)
 
 MODES = ("int8", "int4", "int4-gptq")
 GROUPSIZES = (32, 64, 128, 256)
@@ -231,7 +232,8 @@ def apply_quantization(model: Transformer, qcfg: dict) -> None:
     (called by Transformer.from_pretrained, on the meta device, before the weights are loaded)."""
     bits, groupsize = qcfg.get("bits"), qcfg.get("groupsize")
     if bits not in (4, 8) or (bits == 4 and groupsize not in GROUPSIZES):
-        raise CheckpointError(f"config.json quantization {qcfg} is not supported (bits 8, or bits 4 with "
+        raise CheckpointError(f"config.json quantization (mode {qcfg.get('mode')!r}, bits {bits!r}, groupsize "
+                              f"{groupsize!r}) is not supported (bits 8, or bits 4 with "
                               f"groupsize in {GROUPSIZES}): re-quantize with this version of quantize.py")
     if bits == 4 and qcfg.get("packing") != INT4_PACKING:
         raise CheckpointError(f"this int4 checkpoint has packing {qcfg.get('packing', 1)}, an older nibble order than "
@@ -416,16 +418,22 @@ def write_checkpoint(model: Transformer, src: Path, dst: Path) -> None:
     float_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}.get(float_dtype, torch.float32)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    skip = {"config.json", "model.safetensors.index.json"}
-    for f in src.iterdir():
-        if f.is_file() and f.name not in skip and f.suffix not in (".safetensors", ".bin", ".pth", ".pt", ".gguf"):
-            shutil.copy2(f, tmp / f.name)
-    config = read_config(src)
-    config["quantization"] = model.quantization
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(hf_state_dict(model, float_dtype), tmp / "model.safetensors", metadata={"format": "pt"})
-    usual_permissions(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        skip = {"config.json", "model.safetensors.index.json"}
+        for f in src.iterdir():
+            if f.is_file() and f.name not in skip and f.suffix not in (".safetensors", ".bin", ".pth", ".pt", ".gguf"):
+                shutil.copy2(f, tmp / f.name)
+        config = read_config(src)
+        config["quantization"] = model.quantization
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(hf_state_dict(model, float_dtype), tmp / "model.safetensors", metadata={"format": "pt"})
+        usual_permissions(tmp)
+    except BaseException as e:  # (a full disk, an interrupt): no half-written folder is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {dst} ({e.strerror or e}): choose another --output") from None
+        raise
     old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
     if dst.exists():
         os.replace(dst, old)
@@ -489,8 +497,7 @@ def check_args(args) -> None:
         raise UsageError("--calibration_samples must be >= 1 and --calibration_seq_len >= 2")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA GPU is available: use --device cpu")
-    if not args.checkpoint.is_dir():
-        raise UsageError(f"checkpoint directory {args.checkpoint} not found: pass --checkpoint DIR")
+    checkpoint_dir(args.checkpoint)
     if "quantization" in read_config(args.checkpoint):
         raise UsageError(f"{args.checkpoint} is already quantized ({read_config(args.checkpoint)['quantization']['mode']}): "
                          "pass the float checkpoint")
@@ -504,6 +511,7 @@ def check_args(args) -> None:
     if dst.exists() and not (dst.is_dir() and (not any(dst.iterdir()) or _is_quantize_output(dst))):
         raise UsageError(f"--output {dst} exists and is not an earlier quantize.py output: choose a new directory "
                          "(quantize.py replaces only its own outputs)")
+    check_output_dir(dst, "--output")
 
 
 def _is_quantize_output(path: Path) -> bool:

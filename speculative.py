@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import generate as g
-from model import Transformer, read_config
+from model import Transformer, checkpoint_dir, read_config
 from tokenizer import Tokenizer
 
 
@@ -286,9 +286,7 @@ def speculative_generator(args, model: Transformer, tokenizer: Tokenizer, device
     load_fn(path, device, dtype) loads the draft like the target (tp.py passes its sharded loader)."""
     draft = None  # (generate.check_args has checked the flags)
     if args.draft_checkpoint is not None:
-        path = args.draft_checkpoint
-        if not path.is_dir():
-            raise g.UsageError(f"--draft_checkpoint {path} not found: pass a checkpoint directory")
+        path = checkpoint_dir(args.draft_checkpoint, "--draft_checkpoint")
         # Compare vocabularies from the small files, before reading any draft weights.
         draft_vocab = read_config(path).get("vocab_size")
         check_same_vocabulary(tokenizer, model.args.vocab_size, Tokenizer(path), draft_vocab, path)
@@ -299,3 +297,9 @@ def speculative_generator(args, model: Transformer, tokenizer: Tokenizer, device
     # main() sized the target's cache for prompt + max_new_tokens; verification reads k positions further.
     spec.fit_caches(model, model.max_batch_size, model.max_seq_len + args.speculate_k)
     return spec.generate
+
+
+if __name__ == "__main__":  # a module of generate.py, not a command of its own
+    print("error: speculative.py has no command line: run python generate.py --checkpoint TARGET "
+          "--draft_checkpoint DRAFT (or --prompt_lookup 3)", file=sys.stderr)
+    sys.exit(2)

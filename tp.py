@@ -35,8 +35,8 @@ from torch import Tensor
 import generate
 import kernels as K
 from generate import UsageError
-from model import (CheckpointError, ModelArgs, Transformer, assign_weights, fuse_parts, hf_to_ours, read_config,
-                   safetensors_files)
+from model import (CheckpointError, ModelArgs, Transformer, assign_weights, checkpoint_dir, fuse_parts, hf_to_ours,
+                   read_config, safetensors_files)
 from tokenizer import Tokenizer
 
 COLUMN_PARALLEL = (".attention.wqkv.", ".feed_forward.w13.")  # output features split: q/k/v heads, gate/up
@@ -226,9 +226,7 @@ def _load_into(shard: Transformer, state: dict[str, Tensor], rank: int, all_redu
 
 def load_sharded(checkpoint: str | Path, device, dtype, rank: int, world_size: int, all_reduce: str = "nccl"):
     """(model shard, tokenizer) for this rank: generate.load's counterpart."""
-    path = Path(checkpoint)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} not found: pass --checkpoint DIR")
+    path = checkpoint_dir(checkpoint)
     tokenizer = Tokenizer(path)
     return from_pretrained_sharded(path, rank, world_size, device, dtype, all_reduce), tokenizer
 

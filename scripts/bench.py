@@ -58,7 +58,10 @@ def shape_config(shape: str) -> dict:
         return {"model_type": "llama", "rms_norm_eps": 1e-5, **SHAPES[shape]}
     path = Path(shape)
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise g.UsageError(f"--shape {shape}: not a JSON config ({e}): give a model's config.json") from None
     raise g.UsageError(f"unknown --shape {shape!r}: use one of {', '.join(SHAPES)} or a path to a config.json")
 
 
@@ -252,7 +255,8 @@ def main(argv=None):
                    help="under torchrun: tp.py's all-reduce (symm_mem: CUDA, one host)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--_probe", action="store_true", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
+    a = g.one_line_errors(p).parse_args(argv)
+    modes, batch_sizes, prompt_lengths = check_args(a)
     if a.device == "cuda" and not torch.cuda.is_available():
         raise g.UsageError("--device cuda but no CUDA GPU is available: use --device cpu (with --shape tiny)")
     device, dtype = a.device, torch.bfloat16 if a.device == "cuda" else torch.float32
@@ -272,13 +276,10 @@ def main(argv=None):
         if rank != 0:
             sys.stdout = sys.stderr = open(os.devnull, "w")
     t_start = time.perf_counter()
-    modes = a.modes.split(",")
-    batch_sizes = [int(x) for x in a.batch_sizes.split(",")]
-    prompt_lengths = [int(x) for x in a.prompt_lengths.split(",")]
     cases = [(b, pl, a.new_tokens) for b in batch_sizes for pl in prompt_lengths]
     if a.context:
         cases.append((1, a.context - a.new_tokens, a.new_tokens))
-    samplings = {"default": dict(temperature=0.8, top_k=200), "greedy": dict(temperature=0.0)}
+    samplings = SAMPLINGS
     need = max(pl + n for _, pl, n in cases)
 
     def build(mode: str) -> Transformer:  # a fresh bf16 model per mode, then quantized in place
@@ -358,6 +359,46 @@ def main(argv=None):
                                                                          if x != "--warm_start"])
     save(a.json if rank == 0 else None, result)
     print(table(result))
+
+
+SAMPLINGS = {"default": dict(temperature=0.8, top_k=200), "greedy": dict(temperature=0.0)}
+
+
+def check_args(a) -> tuple[list[str], list[int], list[int]]:
+    """Refuse bad flags before anything is built (a one-line error each); return the modes, batch sizes and prompt
+    lengths."""
+    def positive_ints(flag: str) -> list[int]:
+        text = getattr(a, flag)
+        try:
+            values = [int(x) for x in text.split(",")]
+        except ValueError:
+            values = [0]
+        if min(values) < 1:
+            raise g.UsageError(f"--{flag} {text!r}: give positive integers separated by commas, e.g. 1,8")
+        return values
+
+    from quantize import GROUPSIZES  # noqa: PLC0415 (quantize.py: issue 5)
+
+    modes = a.modes.split(",")
+    known = ["bf16", "int8", "int4"] + [f"int4-g{n}" for n in GROUPSIZES]
+    if a.checkpoint is None:
+        shape_config(a.shape)
+    for flag, mode in [("--modes", m) for m in modes] + [("--draft", a.draft)] * (a.draft is not None):
+        if mode not in known + ["self", "lookup"] * (flag == "--draft"):
+            raise g.UsageError(f"{flag}: unknown mode {mode!r}: choose from {', '.join(known)}"
+                               + (", self (the target) or lookup (prompt lookup)" if flag == "--draft" else ""))
+    if set(a.sampling.split(",")) - set(SAMPLINGS):
+        raise g.UsageError(f"--sampling {a.sampling!r}: choose from {', '.join(SAMPLINGS)} (a comma list)")
+    for flag, least in ("new_tokens", 2), ("runs", 1), ("speculate_k", 1):
+        if getattr(a, flag) < least:
+            raise g.UsageError(f"--{flag} must be at least {least}" + (" (tokens/s is timed from the first new token to "
+                                                                       "the last)" if flag == "new_tokens" else ""))
+    if a.context and a.context <= a.new_tokens:
+        raise g.UsageError(f"--context {a.context} leaves no prompt before --new_tokens {a.new_tokens}: give a larger "
+                           "--context (the prompt is --context minus --new_tokens)")
+    if a.json is not None and (a.json.is_dir() or not a.json.parent.is_dir()):
+        raise g.UsageError(f"--json {a.json}: give a file path in an existing directory")
+    return modes, positive_ints("batch_sizes"), positive_ints("prompt_lengths")
 
 
 def save(path: Path | None, result: dict) -> None:

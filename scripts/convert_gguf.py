@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from generate import UsageError, one_line_errors, run, usual_permissions  # noqa: E402
+from generate import UsageError, check_output_dir, one_line_errors, run, usual_permissions  # noqa: E402
 from model import CheckpointError  # noqa: E402
 
 # GGUF tensor name -> Hugging Face name ("{}" is the layer index)
@@ -70,6 +70,8 @@ def make_config(meta: dict, tensors: dict) -> dict:
         return meta[f"{arch}.{key}"]
 
     n_heads, dim = need("attention.head_count"), need("embedding_length")
+    if "token_embd.weight" not in tensors:
+        raise CheckpointError("GGUF has no token_embd.weight tensor: not a Llama-family model file")
     emb = tensors["token_embd.weight"]
     cfg = {
         "architectures": ["Qwen2ForCausalLM" if arch == "qwen2" else "LlamaForCausalLM"], "model_type": arch,
@@ -268,10 +270,11 @@ def convert(gguf_path: Path, out_dir: Path, dtype: torch.dtype = torch.float32) 
         raise UsageError(f"{gguf_path} not found: pass a .gguf file")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UsageError(f"{out_dir} already exists and is not an empty folder: remove it or choose another OUT_DIR")
+    check_output_dir(out_dir, "OUT_DIR")
     try:
         reader = GGUFReader(gguf_path)
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{gguf_path} is not a readable GGUF file ({e})") from None
+    except Exception as e:  # gguf raises what its parser meets in a damaged file (ValueError, IndexError, ...)
+        raise CheckpointError(f"{gguf_path} is not a readable GGUF file ({type(e).__name__}: {e})") from None
     meta = read_fields(reader)
     cfg = make_config(meta, {t.name: t for t in reader.tensors})
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from generate import UsageError, one_line_errors, run  # noqa: E402
+from generate import UsageError, check_output_dir, one_line_errors, run  # noqa: E402
 from model import CheckpointError  # noqa: E402
 
 # The weights as model.load_hf_state_dict reads them (not, e.g., the consolidated.safetensors copy Mistral ships too)
@@ -51,6 +52,7 @@ def download(repo_id: str, out: Path, revision: str | None = None) -> list[str]:
         raise UsageError("downloading needs the huggingface_hub package: pip install huggingface_hub") from None
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} already exists and is not an empty folder: remove it or pass another --out")
+    check_output_dir(out, "--out")
     token = os.environ.get("HF_TOKEN")  # None lets huggingface_hub fall back to a saved login
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -90,7 +92,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=None, help="directory to create (default: checkpoints/REPO_ID)")
     p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     args = one_line_errors(p).parse_args(argv)
-    if args.repo_id.count("/") != 1:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", args.repo_id):
         raise UsageError(f"REPO_ID must look like owner/name, got {args.repo_id!r}")
     out = args.out or Path(__file__).resolve().parent.parent / "checkpoints" / args.repo_id
     files = download(args.repo_id, out, args.revision)

@@ -23,6 +23,18 @@ def test_bench_without_gpu_or_with_bad_shape():
         assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("scripts/bench.py", "--shape", "gpt-5", "--device", "cpu")
     assert r.returncode == 2 and "unknown --shape" in r.stderr
+    for extra, message in [(["--new_tokens", "1"], "--new_tokens must be at least 2"),
+                           (["--runs", "0"], "--runs must be at least 1"),
+                           (["--batch_sizes", "1,x"], "--batch_sizes '1,x': give positive integers"),
+                           (["--modes", "int4-gptq"], "--modes: unknown mode 'int4-gptq'"),
+                           (["--draft", "bogus"], "--draft: unknown mode 'bogus'"),
+                           (["--sampling", "hot"], "--sampling 'hot'"),
+                           (["--context", "8", "--new_tokens", "8"], "--context 8 leaves no prompt"),
+                           (["--json", "/nonexistent/dir/out.json"], "--json /nonexistent/dir/out.json"),
+                           (["--new_tokns", "4"], "unrecognized arguments")]:
+        r = run_cli("scripts/bench.py", "--shape", "tiny", "--device", "cpu", *extra)
+        errors = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(errors) == 1 and message in errors[0], (extra, r.stderr)
     r = run_cli("scripts/bench.py", "--all_reduce", "symm_mem", "--device", "cpu")
     assert r.returncode == 2 and "--all_reduce symm_mem needs --device cuda and torchrun" in r.stderr and "Traceback" not in r.stderr
 

@@ -96,6 +96,8 @@ def test_out_must_be_new_or_an_empty_folder(tmp_path, fake_hub):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="not an empty folder"):
         download.download("org/model", tmp_path / "file")
+    with pytest.raises(UsageError, match="not a writable directory"):  # a folder under a file
+        download.download("org/model", tmp_path / "file" / "out")
     assert (tmp_path / "file").read_text() == "x"
 
 
@@ -111,5 +113,6 @@ def test_cli_offline(tmp_path, monkeypatch):
     r = run_cli("scripts/download.py", "org/model", "--out", tmp_path / "out")
     assert r.returncode == 2 and r.stderr.startswith("error: cannot reach") and "Traceback" not in r.stderr
     assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "out").exists()
-    with pytest.raises(UsageError, match="owner/name"):
-        download.main(["not-a-repo-id"])
+    for bad in "not-a-repo-id", "my org/my model", "/":
+        with pytest.raises(UsageError, match="owner/name"):
+            download.main([bad])

@@ -190,6 +190,9 @@ BAD = [
     (["--prompt_lookup", "2", "--speculate_k", "0"], "--speculate_k must be >= 1"),
     (["--prompt_lookup", "-1"], "--prompt_lookup must be >= 1"),
     (["--prompt_lookup", "2", "--draft_checkpoint", "/nonexistent"], "are alternatives"),
+    (["--system", "Be brief."], "--system is the system prompt of --chat"),
+    (["--chat", "--prompt", "Hi"], "--chat reads its messages from the terminal"),
+    (["--draft_checkpoint", "README.md"], "--draft_checkpoint README.md is a file"),
 ]
 
 
@@ -219,6 +222,11 @@ def test_cli_chat_format_checked_before_loading_and_broken_pipe(stories_dir):
 
 
 def test_cli_missing_files(tmp_path, stories_dir):
+    r = run_cli("generate.py", "--checkpoint", stories_dir / "model.safetensors", "--device", "cpu")
+    assert r.returncode == 2 and f"is a file: pass the checkpoint directory that holds it ({stories_dir})" in r.stderr
+    for module in "chat.py", "speculative.py":  # modules of generate.py: their own command line says so
+        r = run_cli(module, "--help")
+        assert r.returncode == 2 and r.stderr.startswith("error:") and "generate.py" in r.stderr, r.stderr
     r = run_cli("generate.py", "--checkpoint", tmp_path, "--device", "cpu")
     assert r.returncode == 2 and "tokenizer" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "tokenizer.model").write_bytes((stories_dir / "tokenizer.model").read_bytes())

@@ -230,6 +230,11 @@ def test_unsupported_input_is_a_clear_error(tmp_path, source):
         convert_gguf.convert(tmp_path / "a.gguf", tmp_path / "full")
     with pytest.raises(UsageError, match="not an empty folder"):  # a file
         convert_gguf.convert(tmp_path / "a.gguf", tmp_path / "full" / "x")
+    with pytest.raises(UsageError, match="not a writable directory"):  # under a file
+        convert_gguf.convert(tmp_path / "a.gguf", tmp_path / "full" / "x" / "out")
+    (tmp_path / "cut.gguf").write_bytes((tmp_path / "a.gguf").read_bytes()[:40])  # a damaged file
+    with pytest.raises(CheckpointError, match="not a readable GGUF file"):
+        convert_gguf.convert(tmp_path / "cut.gguf", tmp_path / "out")
     r = run_cli("scripts/convert_gguf.py", tmp_path / "a.gguf")  # argparse's own errors: one line too
     assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

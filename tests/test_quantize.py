@@ -367,6 +367,14 @@ def test_cli_bad_checkpoints(stories_int8, tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_cli_output_that_cannot_be_made(stories_dir, tmp_path):
+    (tmp_path / "a_file").write_text("")  # refused before any quantizing, in one line
+    r = run_cli("quantize.py", "--checkpoint", stories_dir, "--mode", "int8", "--device", "cpu",
+                "--output", tmp_path / "a_file" / "out")
+    assert r.returncode == 2 and "not a writable directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "quantized" not in r.stderr
+
+
 def test_cli_output_replaces_only_earlier_outputs(stories_dir, stories_int8, tmp_path, monkeypatch):
     """--output may replace an empty folder or an earlier quantize.py output, never the input, a file or a folder
     of other files; "--checkpoint ." works; the written files get the usual permissions (not safetensors' 0600)."""
@@ -401,8 +409,9 @@ def test_bad_quantization_config(stories_dir):
     args = ModelArgs.from_hf_config(json.loads((stories_dir / "config.json").read_text()))
     with torch.device("meta"):
         model = Transformer(args)
-    with pytest.raises(CheckpointError, match="not supported"):
-        Q.apply_quantization(model, {"mode": "int4", "bits": 4, "groupsize": 48, "layers": []})
+    with pytest.raises(CheckpointError, match=r"\(mode 'int4', bits 4, groupsize 48\) is not supported") as e:
+        Q.apply_quantization(model, {"mode": "int4", "bits": 4, "groupsize": 48, "layers": ["layers.0.attention.wqkv"]})
+    assert "layers.0" not in str(e.value)  # the layer list is not dumped into the message
     with pytest.raises(CheckpointError, match="packing 1, an older nibble order"):  # written before packing 2
         Q.apply_quantization(model, {"mode": "int4", "bits": 4, "groupsize": 32, "layers": []})
     with pytest.raises(CheckpointError, match="lacks"):

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, run_cli, write_hf_checkpoint
 
 import generate as g
+from model import CheckpointError
 from speculative import PromptLookup, Speculator, check_same_vocabulary, speculative_generator
 
 
@@ -304,10 +305,11 @@ def test_cli_prompt_too_long_for_the_draft_prints_no_prompt(stories_dir, tmp_pat
 def test_bad_arguments(stories, tmp_path):
     model, tok = stories
     # (--speculate_k, --prompt_lookup and both speculation flags at once: generate.check_args, tests/test_generate.py)
-    cases = [(dict(draft_checkpoint=tmp_path / "nope"), "not found")]
+    (tmp_path / "file").write_text("")
+    cases = [(dict(draft_checkpoint=tmp_path / "nope"), "not found"), (dict(draft_checkpoint=tmp_path / "file"), "is a file")]
     for kw, message in cases:
         args = SimpleNamespace(**{**dict(draft_checkpoint=None, speculate_k=5, prompt_lookup=0, compile=False), **kw})
-        with pytest.raises(g.UsageError, match=message):
+        with pytest.raises(CheckpointError, match=message):  # (generate.run prints it as one line, status 2)
             speculative_generator(args, model, tok, "cpu", torch.float32)
 
 

@@ -51,6 +51,8 @@ SHAPES = {  # Hugging Face config fields of each architecture
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128, vocab_size=256, max_position_embeddings=512),
 }
+# --sampling: "default" is the peers' setting (shared/PERF.md)
+SAMPLINGS = {"default": dict(temperature=0.8, top_k=200), "greedy": dict(temperature=0.0)}
 
 
 def shape_config(shape: str) -> dict:
@@ -279,7 +281,6 @@ def main(argv=None):
     cases = [(b, pl, a.new_tokens) for b in batch_sizes for pl in prompt_lengths]
     if a.context:
         cases.append((1, a.context - a.new_tokens, a.new_tokens))
-    samplings = SAMPLINGS
     need = max(pl + n for _, pl, n in cases)
 
     def build(mode: str) -> Transformer:  # a fresh bf16 model per mode, then quantized in place
@@ -309,7 +310,7 @@ def main(argv=None):
         batch, prompt_len, new_tokens = cases[0]  # the measuring process's first case, so the same compiled graphs
         model.setup_caches(batch, g.cache_length(prompt_len + new_tokens, model.args.max_seq_len))
         g.generate(model, [[1, 2, 3, 4, 5]] * batch, 2, prefill_fn=prefill_fn, decode_fn=decode_fn,
-                   **samplings["default"])
+                   **SAMPLINGS["default"])
         sync(device)  # the first token and one compiled decode step are done
         t_done = time.perf_counter()
         since_launch = time.time() - float(os.environ["GPTFAST_PROBE_T0"])
@@ -332,7 +333,7 @@ def main(argv=None):
             for batch, pl, n in cases:
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                r = run_one(model, prefill_fn, decode_fn, device, batch, pl, n, a.runs, samplings[sname],
+                r = run_one(model, prefill_fn, decode_fn, device, batch, pl, n, a.runs, SAMPLINGS[sname],
                             model.args.vocab_size)
                 kv = kv_bytes_per_step(model, batch, pl + n / 2)
                 gbs = (w_bytes + kv) * r["tok_s"] / 1e9
@@ -343,9 +344,9 @@ def main(argv=None):
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 save(a.json if rank == 0 else None, dict(partial=True, rows=rows))
                 if a.profile and (batch, pl, n) == cases[0] and sname == a.sampling.split(",")[0]:
-                    profile(model, decode_fn, prefill_fn, batch, pl, samplings[sname])
+                    profile(model, decode_fn, prefill_fn, batch, pl, SAMPLINGS[sname])
         if a.draft:
-            rows.append(speculative_row(model, a, device, samplings[a.sampling.split(",")[0]], rows[-1], build))
+            rows.append(speculative_row(model, a, device, SAMPLINGS[a.sampling.split(",")[0]], rows[-1], build))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         del model, prefill_fn, decode_fn
         torch._dynamo.reset()  # the next mode compiles cold, as a user's first run would
@@ -359,9 +360,6 @@ def main(argv=None):
                                                                          if x != "--warm_start"])
     save(a.json if rank == 0 else None, result)
     print(table(result))
-
-
-SAMPLINGS = {"default": dict(temperature=0.8, top_k=200), "greedy": dict(temperature=0.0)}
 
 
 def check_args(a) -> tuple[list[str], list[int], list[int]]:

@@ -43,7 +43,7 @@ PRE_TOKENIZERS = {
     "qwen2": r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
              r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)",
 }
-CONTROL, USER_DEFINED, BYTE = 3, 4, 6  # GGUF token types (the same numbers as SentencePiece's)
+UNKNOWN, CONTROL, USER_DEFINED, BYTE = 2, 3, 4, 6  # GGUF token types (the same numbers as SentencePiece's)
 
 
 # --------------------------------------------------------------------------------- metadata
@@ -221,10 +221,13 @@ def sentencepiece_model(meta: dict) -> bytes:
     from sentencepiece_model.proto) so that no protobuf package is needed."""
     tokens = meta["tokenizer.ggml.tokens"]
     scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    types = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    unknown = int(meta.get("tokenizer.ggml.unknown_token_id", 0))  # (llama.cpp's default for this vocabulary)
+    if UNKNOWN not in types and 0 <= unknown < len(types):  # SentencePiece will not load without its unknown piece
+        types[unknown] = UNKNOWN
     pieces = b"".join(_field(1, _field(1, t) + _field(2, float(s)) + _field(3, int(k)))
                       for t, s, k in zip(tokens, scores, types))  # ModelProto.pieces: piece, score, type
-    ids = {k: int(meta.get(f"tokenizer.ggml.{k}_token_id", -1)) for k in ("unknown", "bos", "eos", "pad")}
+    ids = {k: int(meta.get(f"tokenizer.ggml.{k}_token_id", -1)) for k in ("bos", "eos", "pad")} | {"unknown": unknown}
     trainer = (_field(3, 2) + _field(4, len(tokens)) + _field(35, BYTE in types)  # model_type BPE, vocab, byte_fallback
                + _field(40, ids["unknown"]) + _field(41, ids["bos"]) + _field(42, ids["eos"]) + _field(43, ids["pad"]))
     # llama.cpp does not normalize; it prefixes a space and keeps repeated spaces unless told otherwise.

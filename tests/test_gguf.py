@@ -175,6 +175,18 @@ def test_sentencepiece_tokenizer_matches_original(tmp_path, source, stories_dir)
     assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["tie_word_embeddings"]) == (1, 2, False)
 
 
+def test_sentencepiece_vocabulary_without_types_or_unknown_id(stories_dir):
+    """Piece types and the unknown id are optional in GGUF; SentencePiece refuses a model without an unknown piece,
+    so the converter marks piece 0 (llama.cpp's default) as it."""
+    import sentencepiece as spm
+
+    tokens, scores, _ = sentencepiece_vocab(stories_dir)
+    sp = spm.SentencePieceProcessor(model_proto=convert_gguf.sentencepiece_model(
+        {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores}))
+    assert sp.unk_id() == 0 and sp.id_to_piece(0) == tokens[0]
+    assert sp.decode(sp.encode("Once upon a time")) == "Once upon a time"
+
+
 def test_bpe_tokenizer_matches_original(tmp_path):
     """A byte-level BPE ("gpt2") vocabulary becomes a tokenizer.json that encodes like the tokenizer it came from."""
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers

@@ -381,16 +381,19 @@ def check_args(a) -> tuple[list[str], list[int], list[int]]:
     known = ["bf16", "int8", "int4"] + [f"int4-g{n}" for n in GROUPSIZES]
     if a.checkpoint is None:
         shape_config(a.shape)
-    for flag, mode in [("--modes", m) for m in modes] + [("--draft", a.draft)] * (a.draft is not None):
-        if mode not in known + ["self", "lookup"] * (flag == "--draft"):
-            raise g.UsageError(f"{flag}: unknown mode {mode!r}: choose from {', '.join(known)}"
-                               + (", self (the target) or lookup (prompt lookup)" if flag == "--draft" else ""))
+    for mode in modes:
+        if mode not in known:
+            raise g.UsageError(f"--modes: unknown mode {mode!r}: choose from {', '.join(known)}")
+    if a.draft not in (None, "self", "lookup", *known):
+        raise g.UsageError(f"--draft: unknown mode {a.draft!r}: choose from {', '.join(known)}, self (the target) or "
+                           "lookup (prompt lookup)")
     if set(a.sampling.split(",")) - set(SAMPLINGS):
         raise g.UsageError(f"--sampling {a.sampling!r}: choose from {', '.join(SAMPLINGS)} (a comma list)")
-    for flag, least in ("new_tokens", 2), ("runs", 1), ("speculate_k", 1):
-        if getattr(a, flag) < least:
-            raise g.UsageError(f"--{flag} must be at least {least}" + (" (tokens/s is timed from the first new token to "
-                                                                       "the last)" if flag == "new_tokens" else ""))
+    if a.new_tokens < 2:
+        raise g.UsageError("--new_tokens must be at least 2 (tokens/s is timed from the first new token to the last)")
+    for flag in "runs", "speculate_k":
+        if getattr(a, flag) < 1:
+            raise g.UsageError(f"--{flag} must be at least 1")
     if a.context and a.context <= a.new_tokens:
         raise g.UsageError(f"--context {a.context} leaves no prompt before --new_tokens {a.new_tokens}: give a larger "
                            "--context (the prompt is --context minus --new_tokens)")

@@ -121,6 +121,16 @@ def _use_triton(x: Tensor, rows: int = 1) -> bool:
     return USE_TRITON and x.is_cuda and 1 <= x.numel() // x.shape[-1] <= rows
 
 
+# GPTFAST_INT8_F32=1 keeps one-row int8 products in _gemv_kernel's float32 arithmetic instead of float16 pairs.
+USE_INT8_F16 = USE_TRITON and not os.environ.get("GPTFAST_INT8_F32") and not os.environ.get("TRITON_INTERPRET")
+
+
+def f16_fits(x: Tensor, weight: Tensor) -> bool:
+    """Whether _int8_f16_gemv_kernel takes this int8 product: x one bfloat16 row, K % 4 == 0, both 4-byte aligned."""
+    return (USE_INT8_F16 and x.dtype == torch.bfloat16 and weight.dtype == torch.int8 and weight.shape[1] % 4 == 0
+            and x.data_ptr() % 4 == 0 and weight.data_ptr() % 4 == 0)
+
+
 def _use_gemv(x: Tensor, weight: Tensor) -> bool:
     """Whether _gemv_kernel takes this product: one row of x (_use_triton), and rows of K contiguous weights that its
     32-bit offsets address."""
@@ -289,6 +299,8 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
+           "int8_f16": dict(BLOCK_N=8, BLOCK_K=2048, num_warps=4),
+           "int8_f16_gated": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
            **{G: dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2) for G in (32, 64, 128, 256)}}
@@ -296,7 +308,7 @@ if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
     with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
-        CONFIGS.update({k if k in ("bf16", "int8", "int8_gated", "skinny", "skinny_int8") else int(k): v
+        CONFIGS.update({k if not k.isdigit() else int(k): v
                         for k, v in json.load(f).items()})
 
 _warned = False
@@ -365,6 +377,196 @@ if triton is not None:
             r = tl.load(r_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
             y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+    # int8 x bf16 in float16 pairs (f16x2): four weights cost one XOR, two PRMT, two f16x2 subtractions and two
+    # f16x2 multiply-adds (1.75 instructions a weight, against 5 for _gemv_kernel's float32 path, whose
+    # arithmetic took 20% of its time at Llama-2-70B widths on an H200: BENCHMARKS.md run 126). Byte u = w + 128
+    # under 0x64 is the float16 1024 + u; minus 1152 it is w, exactly. x is scaled by 2^-8 into float16 (exact
+    # for |x| in [2^-6, 2^24)), so the float16 sums stay below 65504 while |x| < 2^16 / (K / BLOCK_K): K / BLOCK_K
+    # products of at most 128 |x| 2^-8 a lane. Inline PTX: CUDA only (no interpreter), tested on the GPU.
+    @triton.jit
+    def _x_to_f16x2(x2):  # int32 words of two bfloat16 -> int32 words of two float16, each times 2^-8
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .b32 lo, hi;
+            shl.b32 lo, $1, 16;
+            and.b32 hi, $1, 0xffff0000;
+            mul.f32 lo, lo, 0f3B800000;
+            mul.f32 hi, hi, 0f3B800000;
+            cvt.rn.f16x2.f32 $0, hi, lo;
+            }""", "=r,r", [x2], dtype=tl.int32, is_pure=True, pack=1)
+
+    @triton.jit
+    def _dot4_f16x2(w, x01, x23, acc):  # acc (f16x2) + words of 4 int8 times x01, x23: (w0 x0 + w2 x2, w1 x1 + w3 x3)
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .b32 t, a, b, c;
+            xor.b32 t, $1, 0x80808080;
+            mov.b32 c, 0x64806480;
+            prmt.b32 a, t, 0x64646464, 0x4140;
+            prmt.b32 b, t, 0x64646464, 0x4342;
+            sub.f16x2 a, a, c;
+            sub.f16x2 b, b, c;
+            fma.rn.f16x2 $0, a, $2, $4;
+            fma.rn.f16x2 $0, b, $3, $0;
+            }""", "=r,r,r,r,r", [w, x01, x23, acc], dtype=tl.int32, is_pure=True, pack=1)
+
+    @triton.jit
+    def _f16x2_sum(acc):  # a word of two float16 -> their sum in float32
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .f16 l, h;
+            .reg .f32 a, b;
+            mov.b32 {l, h}, $1;
+            cvt.f32.f16 a, l;
+            cvt.f32.f16 b, h;
+            add.f32 $0, a, b;
+            }""", "=r,r", [acc], dtype=tl.float32, is_pure=True, pack=1)
+
+    @triton.jit
+    def _int8_f16_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              GATED: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr):
+        # _gemv_kernel's int8 product (GATED, RESIDUAL and the tiles alike) in float16 pairs: w read as int32
+        # words (K / 4 a row), x as words of two bfloat16; a lane's pair of sums stays float16 across the loop
+        # and is summed in float32 after it.
+        KT: tl.constexpr = BLOCK_K // 4  # words a tile row
+        KW = K // 4
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        k = tl.arange(0, KT)
+        w_at = w_ptr + rows[:, None] * KW + k[None, :]
+        u_at = w_at + N * KW  # the up rows (GATED)
+        w = tl.load(w_at, mask=row_ok[:, None] & (k[None, :] < KW), other=0)  # independent of the kernel before
+        u = w
+        if GATED:
+            u = tl.load(u_at, mask=row_ok[:, None] & (k[None, :] < KW), other=0)
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # x is its output
+        acc = tl.zeros((BLOCK_N, KT), dtype=tl.int32)  # f16x2 zeros
+        acc_u = tl.zeros((BLOCK_N, KT), dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = k0 // 4 + k < KW
+            x01 = _x_to_f16x2(tl.load(x_ptr + k0 // 2 + 2 * k, mask=k_ok, other=0))[None, :]
+            x23 = _x_to_f16x2(tl.load(x_ptr + k0 // 2 + 2 * k + 1, mask=k_ok, other=0))[None, :]
+            next_ok = row_ok[:, None] & (k0 // 4 + KT + k[None, :] < KW)
+            w_next = tl.load(w_at + k0 // 4 + KT, mask=next_ok, other=0)
+            acc = _dot4_f16x2(w, x01, x23, acc)
+            w = w_next
+            if GATED:
+                u_next = tl.load(u_at + k0 // 4 + KT, mask=next_ok, other=0)
+                acc_u = _dot4_f16x2(u, x01, x23, acc_u)
+                u = u_next
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+        y = tl.sum(_f16x2_sum(acc), axis=1) * (256.0 * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32))
+        if GATED:
+            up = tl.sum(_f16x2_sum(acc_u), axis=1)
+            y = y / (1.0 + tl.exp(-y)) * up * (256.0 * tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32))
+        if RESIDUAL:
+            r = tl.load(r_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+    @triton.jit
+    def _pack_f16x2(a, b):  # float32 a, b -> a word of two float16 (a low), each times 2^-8
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .f32 lo, hi;
+            mul.f32 lo, $1, 0f3B800000;
+            mul.f32 hi, $2, 0f3B800000;
+            cvt.rn.f16x2.f32 $0, hi, lo;
+            }""", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
+
+    @triton.jit
+    def _dot8_f16x2(w, x0, x1, x2, x3):
+        # a word of 8 nibbles q (pack_int4's byte order) -> sum (q - 8) x in float32, in f16x2: a nibble under
+        # 0x6400 is the float16 1024 + q (bits 0-3) or 1024 + 16 q (bits 4-7), made q - 8 exactly by one f16x2
+        # subtraction or multiply-add; x0..x3 are the f16x2 pairs of x those nibble pairs meet.
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .b32 s, a, b, c, d, m, o, h, n, acc;
+            .reg .f16 l, u;
+            .reg .f32 fl, fu;
+            mov.b32 m, 0x64086408;
+            mov.b32 h, 0x2C002C00;
+            mov.b32 n, 0xD480D480;
+            shr.u32 s, $1, 8;
+            lop3.b32 a, $1, 0x000F000F, 0x64006400, 0xea;
+            lop3.b32 b, $1, 0x00F000F0, 0x64006400, 0xea;
+            lop3.b32 c, s, 0x000F000F, 0x64006400, 0xea;
+            lop3.b32 d, s, 0x00F000F0, 0x64006400, 0xea;
+            sub.f16x2 a, a, m;
+            fma.rn.f16x2 b, b, h, n;
+            sub.f16x2 c, c, m;
+            fma.rn.f16x2 d, d, h, n;
+            mul.rn.f16x2 acc, a, $2;
+            fma.rn.f16x2 acc, b, $3, acc;
+            fma.rn.f16x2 acc, c, $4, acc;
+            fma.rn.f16x2 acc, d, $5, acc;
+            mov.b32 {l, u}, acc;
+            cvt.f32.f16 fl, l;
+            cvt.f32.f16 fu, u;
+            add.f32 $0, fl, fu;
+            }""", "=r,r,r,r,r,r", [w, x0, x1, x2, x3], dtype=tl.float32, is_pure=True, pack=1)
+
+    @triton.jit
+    def _int4_f16_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, r_ptr, y_ptr, M, N, K, KW, G: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr,
+                              RESIDUAL: tl.constexpr, PDL: tl.constexpr):
+        # _int4_gemv_kernel with each word's products in f16x2 (_dot8_f16x2), summed in float32 a word.
+        NG: tl.constexpr = BLOCK_K // G  # groups a tile
+        W: tl.constexpr = G // 8  # words a group
+        KT: tl.constexpr = BLOCK_K // 8  # words a tile row
+        R: tl.constexpr = 2 if GATED else 1  # weight rows an output row
+        m, tile = tl.program_id(0) % M, tl.program_id(0) // M
+        x_ptr += m * K
+        y_ptr += m * N
+        r_ptr += m * N
+        j = tl.arange(0, R * BLOCK_N)
+        out_rows = tile * BLOCK_N + j // R
+        row_ok = out_rows < N
+        rows = out_rows + (j % R) * N  # the weight row of tile row j
+        k = tl.arange(0, KT)
+        col = (k // W) * G + k % W  # column of word k's byte 0, low nibble; byte i: + i * W, high: + G / 2
+        w_at = w_ptr + rows[:, None] * KW + k[None, :]
+        w = tl.load(w_at, mask=row_ok[:, None] & (k < KW)[None, :], other=0)  # independent of the kernel before
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # x is its output
+        acc = tl.zeros((R * BLOCK_N, NG), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = k0 // 8 + k < KW
+            w_next = tl.load(w_at + (k0 + BLOCK_K) // 8, mask=row_ok[:, None] & (k0 // 8 + KT + k < KW)[None, :],
+                             other=0)
+            xa = x_ptr + k0 + col
+            x0 = tl.load(xa, mask=k_ok, other=0.0).to(tl.float32)
+            x0b = tl.load(xa + 2 * W, mask=k_ok, other=0.0).to(tl.float32)
+            x1 = tl.load(xa + G // 2, mask=k_ok, other=0.0).to(tl.float32)
+            x1b = tl.load(xa + G // 2 + 2 * W, mask=k_ok, other=0.0).to(tl.float32)
+            x2 = tl.load(xa + W, mask=k_ok, other=0.0).to(tl.float32)
+            x2b = tl.load(xa + 3 * W, mask=k_ok, other=0.0).to(tl.float32)
+            x3 = tl.load(xa + G // 2 + W, mask=k_ok, other=0.0).to(tl.float32)
+            x3b = tl.load(xa + G // 2 + 3 * W, mask=k_ok, other=0.0).to(tl.float32)
+            p = _dot8_f16x2(w, _pack_f16x2(x0, x0b)[None, :], _pack_f16x2(x1, x1b)[None, :],
+                            _pack_f16x2(x2, x2b)[None, :], _pack_f16x2(x3, x3b)[None, :])
+            sx = tl.sum(tl.reshape(((x0 + x0b) + (x1 + x1b)) + ((x2 + x2b) + (x3 + x3b)), (NG, W)), axis=1)[None, :]
+            groups = k0 // G + tl.arange(0, NG)
+            sg = rows[:, None] * (K // G) + groups[None, :]
+            sg_ok = row_ok[:, None] & (groups < K // G)[None, :]
+            s = tl.load(s_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
+            acc += s * (256.0 * tl.sum(tl.reshape(p, (R * BLOCK_N, NG, W)), axis=2)) + z * sx
+            w = w_next
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+        y = tl.sum(acc, axis=1)
+        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        if GATED:
+            gate, up = tl.split(tl.reshape(y, (BLOCK_N, 2)))
+            y = gate / (1.0 + tl.exp(-gate)) * up
+        if RESIDUAL:
+            r = tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
     @triton.jit
     def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, r_ptr, y_ptr, M, N, K, KW, M_LO, M_HI, G: tl.constexpr,
@@ -458,6 +660,20 @@ if triton is not None:
             **_pdl(x))
         return y
 
+    def int8_f16_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
+                             gated: bool = False, residual: Tensor | None = None) -> Tensor:
+        """gemv_launch's int8 product through _int8_f16_gemv_kernel: x bfloat16 (K,), K % 4 == 0, x and weight
+        4-byte aligned (f16_fits)."""
+        assert not (gated and weight.shape[0] % 2), "a gated weight stacks the gate and up halves"
+        N, K = weight.shape[0] // (2 if gated else 1), weight.shape[1]
+        assert residual is None or (residual.numel() == N and residual.dtype == x.dtype), "residual: (N,), x's dtype"
+        y = torch.empty(N, device=x.device, dtype=x.dtype)
+        _int8_f16_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
+            x.view(torch.int32), weight.view(torch.int32), scales, x if residual is None else residual, y, N, K,
+            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GATED=gated, RESIDUAL=residual is not None, num_warps=num_warps,
+            **_pdl(x))
+        return y
+
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
                          BLOCK_N: int, BLOCK_K: int, num_warps: int, gated: bool = False,
                          residual: Tensor | None = None) -> Tensor:
@@ -473,6 +689,20 @@ if triton is not None:
         _int4_gemv_kernel[(M * triton.cdiv(N, BLOCK_N),)](
             x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, M, N, K, K // 8,
             0x43800000, 0x41800000, G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
+            RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
+        return y
+
+    def int4_f16_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
+                             BLOCK_N: int, BLOCK_K: int, num_warps: int, gated: bool = False,
+                             residual: Tensor | None = None) -> Tensor:
+        """int4_gemv_launch through _int4_f16_gemv_kernel."""
+        N, K = weight.shape[0] // (2 if gated else 1), 2 * weight.shape[1]
+        M = x.numel() // K
+        BLOCK_N = max(1, BLOCK_N // 2) if gated else BLOCK_N
+        y = torch.empty(*x.shape[:-1], N, device=x.device, dtype=x.dtype)
+        _int4_f16_gemv_kernel[(M * triton.cdiv(N, BLOCK_N),)](
+            x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, M, N, K, K // 8,
+            G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
             RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
         return y
 
@@ -726,9 +956,13 @@ if triton is not None:
     @torch.library.custom_op("gptfast::gemv", mutates_args=())
     def gemv(x: Tensor, weight: Tensor, scales: Tensor | None, gated: bool = False,
              residual: Tensor | None = None) -> Tensor:
-        y = gemv_launch(x.reshape(-1).contiguous(), weight, scales, gated=gated,
-                        residual=None if residual is None else residual.reshape(-1).contiguous(),
-                        **CONFIGS["bf16" if scales is None else "int8_gated" if gated else "int8"])
+        x1, r1 = x.reshape(-1).contiguous(), None if residual is None else residual.reshape(-1).contiguous()
+        if scales is not None and f16_fits(x1, weight):
+            y = int8_f16_gemv_launch(x1, weight, scales, gated=gated, residual=r1,
+                                     **CONFIGS["int8_f16_gated" if gated else "int8_f16"])
+        else:
+            y = gemv_launch(x1, weight, scales, gated=gated, residual=r1,
+                            **CONFIGS["bf16" if scales is None else "int8_gated" if gated else "int8"])
         return y.view(*x.shape[:-1], -1)
 
     @gemv.register_fake

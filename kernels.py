@@ -296,6 +296,9 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # bf16 (wo and w2 of a 16-bit model, kernels.linear): (8, 512, 2), the best of 29 shapes over a 7B block at the shapes
 # of one of two tensor-parallel ranks on an H200 (2026-11-27, BENCHMARKS.md run 105): wo 5.7 us (Inductor's 10.6), w2
 # 12.8 (13.1). Over wo and w2 alone it is within 2% of the best on one H200 and 5% on an H100 ((8, 1024, 2): 0-4%).
+# int8_f16, int8_f16_gated (the float16-pair GEMV; the latter w13 with the SwiGLU): (8, 2048, 4) and (4, 1024, 4), over
+# 29 shapes on an H100 (2026-11-28, BENCHMARKS.md run 134) the best for a 7B block (45.6 + 31.7 us, against 81.3 for
+# the float32 GEMV's four products) and within 2.2% of the best at Llama-2-70B widths on one of two ranks.
 CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
@@ -379,11 +382,14 @@ if triton is not None:
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     # int8 x bf16 in float16 pairs (f16x2): four weights cost one XOR, two PRMT, two f16x2 subtractions and two
-    # f16x2 multiply-adds (1.75 instructions a weight, against 5 for _gemv_kernel's float32 path, whose
-    # arithmetic took 20% of its time at Llama-2-70B widths on an H200: BENCHMARKS.md run 126). Byte u = w + 128
-    # under 0x64 is the float16 1024 + u; minus 1152 it is w, exactly. x is scaled by 2^-8 into float16 (exact
-    # for |x| in [2^-6, 2^24)), so the float16 sums stay below 65504 while |x| < 2^16 / (K / BLOCK_K): K / BLOCK_K
-    # products of at most 128 |x| 2^-8 a lane. Inline PTX: CUDA only (no interpreter), tested on the GPU.
+    # f16x2 multiply-adds (1.75 instructions a weight; 2.7-3.5 in the loop of the sm_90 build, against 5 for
+    # _gemv_kernel's float32 arithmetic). The byte u = w + 128 under 0x64 is the float16 1024 + u, and minus 1152
+    # it is w, exactly. x enters as float16 times 2^-8 (exact for |x| in [2^-6, 2^24)). A lane adds 2 products of at
+    # most |x| / 2 each per tile, so its float16 sums (max 65504) cannot overflow while |x| < 32768 / (K / BLOCK_K);
+    # if one does anyway, the program's rows are summed again in float32 (_int8_rows_f32), so an overflow costs
+    # time, never a wrong result. Inline PTX: CUDA only (no interpreter); scripts/gpu_check_quant.py tests it.
+    # On H100s: 7B int8 decode 326.3-333.6 -> 339.1-346.8 tok/s, Llama-2-70B int8 on two 68.3-69.3 -> 71.5-72.0
+    # (BENCHMARKS.md runs 134-137).
     @triton.jit
     def _x_to_f16x2(x2):  # int32 words of two bfloat16 -> int32 words of two float16, each times 2^-8
         return tl.inline_asm_elementwise(
@@ -424,6 +430,18 @@ if triton is not None:
             }""", "=r,r", [acc], dtype=tl.float32, is_pure=True, pack=1)
 
     @triton.jit
+    def _int8_rows_f32(x_ptr, w_ptr, rows, row_ok, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # sum over k of w[rows, k] x[k] in float32 (as _gemv_kernel), w int8 and x 16-bit: the overflow fallback
+        cols = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ok = k0 + cols < K
+            x = tl.load(x_ptr + k0 + cols, mask=ok, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + rows[:, None] * K + k0 + cols[None, :], mask=row_ok[:, None] & ok[None, :], other=0)
+            acc += _int8_to_float(w) * x[None, :]
+        return tl.sum(acc, axis=1)
+
+    @triton.jit
     def _int8_f16_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                               GATED: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr):
         # _gemv_kernel's int8 product (GATED, RESIDUAL and the tiles alike) in float16 pairs: w read as int32
@@ -458,115 +476,22 @@ if triton is not None:
                 u = u_next
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        y = tl.sum(_f16x2_sum(acc), axis=1) * (256.0 * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32))
+        y = tl.sum(_f16x2_sum(acc), axis=1) * 256.0  # inf or NaN if a float16 sum overflowed (or x held one)
+        up = y
         if GATED:
-            up = tl.sum(_f16x2_sum(acc_u), axis=1)
-            y = y / (1.0 + tl.exp(-y)) * up * (256.0 * tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32))
+            up = tl.sum(_f16x2_sum(acc_u), axis=1) * 256.0
+        if tl.max((((y - y) != 0) | ((up - up) != 0)).to(tl.int32), axis=0) > 0:  # not finite: again in float32
+            x16, w8 = x_ptr.to(tl.pointer_type(tl.bfloat16)), w_ptr.to(tl.pointer_type(tl.int8))
+            y = _int8_rows_f32(x16, w8, rows, row_ok, K, BLOCK_N, 256)
+            if GATED:
+                up = _int8_rows_f32(x16, w8, rows + N, row_ok, K, BLOCK_N, 256)
+        y *= tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if GATED:
+            y = y / (1.0 + tl.exp(-y)) * up * tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
         if RESIDUAL:
             r = tl.load(r_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
             y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
-
-    @triton.jit
-    def _pack_f16x2(a, b):  # float32 a, b -> a word of two float16 (a low), each times 2^-8
-        return tl.inline_asm_elementwise(
-            """{
-            .reg .f32 lo, hi;
-            mul.f32 lo, $1, 0f3B800000;
-            mul.f32 hi, $2, 0f3B800000;
-            cvt.rn.f16x2.f32 $0, hi, lo;
-            }""", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
-
-    @triton.jit
-    def _dot8_f16x2(w, x0, x1, x2, x3):
-        # a word of 8 nibbles q (pack_int4's byte order) -> sum (q - 8) x in float32, in f16x2: a nibble under
-        # 0x6400 is the float16 1024 + q (bits 0-3) or 1024 + 16 q (bits 4-7), made q - 8 exactly by one f16x2
-        # subtraction or multiply-add; x0..x3 are the f16x2 pairs of x those nibble pairs meet.
-        return tl.inline_asm_elementwise(
-            """{
-            .reg .b32 s, a, b, c, d, m, o, h, n, acc;
-            .reg .f16 l, u;
-            .reg .f32 fl, fu;
-            mov.b32 m, 0x64086408;
-            mov.b32 h, 0x2C002C00;
-            mov.b32 n, 0xD480D480;
-            shr.u32 s, $1, 8;
-            lop3.b32 a, $1, 0x000F000F, 0x64006400, 0xea;
-            lop3.b32 b, $1, 0x00F000F0, 0x64006400, 0xea;
-            lop3.b32 c, s, 0x000F000F, 0x64006400, 0xea;
-            lop3.b32 d, s, 0x00F000F0, 0x64006400, 0xea;
-            sub.f16x2 a, a, m;
-            fma.rn.f16x2 b, b, h, n;
-            sub.f16x2 c, c, m;
-            fma.rn.f16x2 d, d, h, n;
-            mul.rn.f16x2 acc, a, $2;
-            fma.rn.f16x2 acc, b, $3, acc;
-            fma.rn.f16x2 acc, c, $4, acc;
-            fma.rn.f16x2 acc, d, $5, acc;
-            mov.b32 {l, u}, acc;
-            cvt.f32.f16 fl, l;
-            cvt.f32.f16 fu, u;
-            add.f32 $0, fl, fu;
-            }""", "=r,r,r,r,r,r", [w, x0, x1, x2, x3], dtype=tl.float32, is_pure=True, pack=1)
-
-    @triton.jit
-    def _int4_f16_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, r_ptr, y_ptr, M, N, K, KW, G: tl.constexpr,
-                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr,
-                              RESIDUAL: tl.constexpr, PDL: tl.constexpr):
-        # _int4_gemv_kernel with each word's products in f16x2 (_dot8_f16x2), summed in float32 a word.
-        NG: tl.constexpr = BLOCK_K // G  # groups a tile
-        W: tl.constexpr = G // 8  # words a group
-        KT: tl.constexpr = BLOCK_K // 8  # words a tile row
-        R: tl.constexpr = 2 if GATED else 1  # weight rows an output row
-        m, tile = tl.program_id(0) % M, tl.program_id(0) // M
-        x_ptr += m * K
-        y_ptr += m * N
-        r_ptr += m * N
-        j = tl.arange(0, R * BLOCK_N)
-        out_rows = tile * BLOCK_N + j // R
-        row_ok = out_rows < N
-        rows = out_rows + (j % R) * N  # the weight row of tile row j
-        k = tl.arange(0, KT)
-        col = (k // W) * G + k % W  # column of word k's byte 0, low nibble; byte i: + i * W, high: + G / 2
-        w_at = w_ptr + rows[:, None] * KW + k[None, :]
-        w = tl.load(w_at, mask=row_ok[:, None] & (k < KW)[None, :], other=0)  # independent of the kernel before
-        if PDL:
-            tl.extra.cuda.gdc_wait()  # x is its output
-        acc = tl.zeros((R * BLOCK_N, NG), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k_ok = k0 // 8 + k < KW
-            w_next = tl.load(w_at + (k0 + BLOCK_K) // 8, mask=row_ok[:, None] & (k0 // 8 + KT + k < KW)[None, :],
-                             other=0)
-            xa = x_ptr + k0 + col
-            x0 = tl.load(xa, mask=k_ok, other=0.0).to(tl.float32)
-            x0b = tl.load(xa + 2 * W, mask=k_ok, other=0.0).to(tl.float32)
-            x1 = tl.load(xa + G // 2, mask=k_ok, other=0.0).to(tl.float32)
-            x1b = tl.load(xa + G // 2 + 2 * W, mask=k_ok, other=0.0).to(tl.float32)
-            x2 = tl.load(xa + W, mask=k_ok, other=0.0).to(tl.float32)
-            x2b = tl.load(xa + 3 * W, mask=k_ok, other=0.0).to(tl.float32)
-            x3 = tl.load(xa + G // 2 + W, mask=k_ok, other=0.0).to(tl.float32)
-            x3b = tl.load(xa + G // 2 + 3 * W, mask=k_ok, other=0.0).to(tl.float32)
-            p = _dot8_f16x2(w, _pack_f16x2(x0, x0b)[None, :], _pack_f16x2(x1, x1b)[None, :],
-                            _pack_f16x2(x2, x2b)[None, :], _pack_f16x2(x3, x3b)[None, :])
-            sx = tl.sum(tl.reshape(((x0 + x0b) + (x1 + x1b)) + ((x2 + x2b) + (x3 + x3b)), (NG, W)), axis=1)[None, :]
-            groups = k0 // G + tl.arange(0, NG)
-            sg = rows[:, None] * (K // G) + groups[None, :]
-            sg_ok = row_ok[:, None] & (groups < K // G)[None, :]
-            s = tl.load(s_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
-            acc += s * (256.0 * tl.sum(tl.reshape(p, (R * BLOCK_N, NG, W)), axis=2)) + z * sx
-            w = w_next
-        if PDL:
-            tl.extra.cuda.gdc_launch_dependents()
-        y = tl.sum(acc, axis=1)
-        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        if GATED:
-            gate, up = tl.split(tl.reshape(y, (BLOCK_N, 2)))
-            y = gate / (1.0 + tl.exp(-gate)) * up
-        if RESIDUAL:
-            r = tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
-        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
     @triton.jit
     def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, r_ptr, y_ptr, M, N, K, KW, M_LO, M_HI, G: tl.constexpr,
@@ -689,20 +614,6 @@ if triton is not None:
         _int4_gemv_kernel[(M * triton.cdiv(N, BLOCK_N),)](
             x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, M, N, K, K // 8,
             0x43800000, 0x41800000, G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
-            RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
-        return y
-
-    def int4_f16_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
-                             BLOCK_N: int, BLOCK_K: int, num_warps: int, gated: bool = False,
-                             residual: Tensor | None = None) -> Tensor:
-        """int4_gemv_launch through _int4_f16_gemv_kernel."""
-        N, K = weight.shape[0] // (2 if gated else 1), 2 * weight.shape[1]
-        M = x.numel() // K
-        BLOCK_N = max(1, BLOCK_N // 2) if gated else BLOCK_N
-        y = torch.empty(*x.shape[:-1], N, device=x.device, dtype=x.dtype)
-        _int4_f16_gemv_kernel[(M * triton.cdiv(N, BLOCK_N),)](
-            x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, M, N, K, K // 8,
-            G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
             RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
         return y
 

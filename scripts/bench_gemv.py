@@ -1,6 +1,6 @@
 """Matrix-vector products of one layer's shapes (Llama-2-7B unless --shape), one shape at a time, on the GPU:
 
-python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int4] [--shape llama-2-7b] [--tp 1] [--rows 8]
+python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int8_f16,int4] [--shape llama-2-7b] [--tp 1] [--rows 8]
                              [--budget_s 300] [--json FILE] [--configs_out FILE]
 
 For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as compile_regions compiles
@@ -9,7 +9,8 @@ and w13 run in the model), and for wo and w2 Inductor's with the residual added 
 taking bf16 weights over a grid of launch shapes (the layers that run it, adding the residual); for --rows rows
 of bf16 (skinny: batched decode) cuBLAS and kernels.py's skinny kernel over a grid of launch shapes (skinny_int8:
 int8 weights, dequantize + cuBLAS against the same kernel taking int8 tiles and row scales); for int8 weights
-kernels.py's GEMV over a grid of launch shapes; for int4 (groups of 32, 64, 128) PyTorch's tinygemm
+kernels.py's float32 GEMV (int8) and its float16-pair GEMV (int8_f16; w13 with the SwiGLU: int8_f16_gated) over grids
+of launch shapes; for int4 (groups of 32, 64, 128) PyTorch's tinygemm
 (aten._weight_int4pack_mm) and kernels.py's int4 GEMV over a grid of launch shapes, and at 2048 rows (prefill)
 tinygemm against the PyTorch path (dequantize, then cuBLAS). The shapes are one layer of --shape (one of
 bench.py's) as one of --tp tensor-parallel ranks holds it. Each timing replays a CUDA graph of one product per
@@ -56,13 +57,16 @@ GRID16 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
 GRID16B = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # the same GEMV taking bf16 weights (twice the bytes a tile)
            for bn, bk, nw in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (2, 4, 8))
            if 1024 <= bn * bk <= 8192 and bk >= 32 * nw * 4]
+GRID8F = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # the float16-pair GEMV: at most 32 words of a tile a thread
+          for bn, bk, nw in itertools.product((1, 2, 4, 8), (512, 1024, 2048), (1, 2, 4))
+          if bk >= 128 * nw and 1024 <= bn * bk <= 16384 and bn * bk <= 128 * 32 * nw]
 GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # the kernel wants BLOCK_K >= 1024 * num_warps (4 words a thread)
          for bn, bk, nw in ((2, 2048, 2), (4, 1024, 1), (4, 2048, 2), (4, 4096, 4), (8, 1024, 1), (8, 2048, 2),
                             (8, 4096, 4), (16, 1024, 1), (16, 2048, 2))]
 
 
 BLOCK = ("wqkv", "wo", "w13", "w2")
-USES = {"bf16": ("wo", "w2")}  # the products whose launch shape a kind sets (kernels.linear's gemv layers); else BLOCK
+USES = {"bf16": ("wo", "w2"), "int8_f16": ("wqkv", "wo", "w2"), "int8_f16_gated": ("w13",)}  # the products whose launch shape a kind sets (kernels.linear's gemv layers); else BLOCK
 
 
 def label(cfg: dict) -> str:
@@ -71,7 +75,8 @@ def label(cfg: dict) -> str:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--kinds", default="bf16,int8,int4", help="comma-separated: bf16, int8, int4")
+    p.add_argument("--kinds", default="bf16,int8_f16,int4", help="comma-separated: bf16, skinny, skinny_int8, int8, "
+                   "int8_f16, int4")
     p.add_argument("--shape", default="llama-2-7b", choices=[k for k in SHAPES if k != "tiny"])
     p.add_argument("--tp", type=int, default=1, help="the shapes one of this many tensor-parallel ranks holds")
     p.add_argument("--rows", type=int, default=8, help="activation rows for kind skinny (batched decode)")
@@ -80,8 +85,8 @@ def main():
     p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes")
     a = p.parse_args()
     kinds = a.kinds.split(",")
-    if not set(kinds) <= {"bf16", "skinny", "skinny_int8", "int8", "int4"}:
-        p.error(f"--kinds {a.kinds}: choose from bf16, skinny, skinny_int8, int8, int4")
+    if not set(kinds) <= {"bf16", "skinny", "skinny_int8", "int8", "int8_f16", "int4"}:
+        p.error(f"--kinds {a.kinds}: choose from bf16, skinny, skinny_int8, int8, int8_f16, int4")
     dev, bf16 = "cuda", torch.bfloat16
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}, {a.shape}"
           f"{f', one of {a.tp} tensor-parallel ranks' if a.tp > 1 else ''}", flush=True)
@@ -136,7 +141,7 @@ def main():
                 if in_budget("skinny"):
                     add(name, "skinny", label(cfg), lambda: [K.skinny_mm_launch(xm.view(a.rows, k), w, **cfg) for w in ws],
                         nb16, K.skinny_mm_launch(xm.view(a.rows, k), ws[0], **cfg), refm, copies)
-        q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)] if {"int8", "skinny_int8"} & set(kinds) else []
+        q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)] if {"int8", "int8_f16", "skinny_int8"} & set(kinds) else []
         if "skinny_int8" in kinds:  # a.rows rows of int8 layers: what int8_linear did before, then the kernel
             xm = torch.randn(a.rows, k, device=dev, dtype=bf16, generator=gen)
             refm = (xm.float() @ q8[0][0].float().t()) * q8[0][1].float()
@@ -154,6 +159,18 @@ def main():
                 if in_budget("int8"):
                     add(name, "int8", label(cfg), lambda: [K.gemv_launch(xv, q, s, **cfg) for q, s in q8],
                         n * k + n * 2, K.gemv_launch(xv, *q8[0], **cfg), ref8, copies)
+        if "int8_f16" in kinds and name != "output":
+            gated = name == "w13"  # as the model runs it: with the SwiGLU
+            ref8 = (x.float() @ q8[0][0].float().t()) * q8[0][1].float()
+            ref8 = F.silu(ref8[:, :n // 2]) * ref8[:, n // 2:] if gated else ref8
+            kind = "int8_f16_gated" if gated else "int8_f16"
+            for cfg in GRID8F:
+                if gated and 2 * cfg["BLOCK_N"] * cfg["BLOCK_K"] > 128 * 32 * cfg["num_warps"]:
+                    continue  # gate and up tiles: registers spill
+                if in_budget(kind):
+                    add(name, kind, label(cfg), lambda: [K.int8_f16_gemv_launch(xv, q, s, **cfg, gated=gated)
+                                                         for q, s in q8],
+                        n * k + n * 2, K.int8_f16_gemv_launch(xv, *q8[0], **cfg, gated=gated), ref8, copies)
         del q8
         if "int4" in kinds and name != "output":
             for G in (32, 64, 128):
@@ -206,7 +223,7 @@ def main():
             if ref:
                 print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
         if ranked:
-            named = kind in ("bf16", "int8", "skinny", "skinny_int8")
+            named = not kind.startswith("int4")
             best[kind if named else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32
     if a.configs_out and best:
         a.configs_out.write_text(json.dumps({str(k): v for k, v in best.items()}, indent=1))

@@ -2,7 +2,8 @@
 
 python scripts/gpu_check_quant.py [--json FILE]
 
-1. Correctness: each Triton GEMV (the int8 one also on bf16 weights, as wo and w2 of bf16 models run it), the
+1. Correctness: each Triton GEMV (int8: the float16-pair one, also with activations that overflow its float16 sums,
+   and the float32 one, also on bf16 weights, as wo and w2 of bf16 models run it), the
    compiled PyTorch one-row paths and tinygemm (the layout pack_for_device loads int4 layers into on CUDA with
    GPTFAST_INT4=tinygemm) against the PyTorch path (dequantize in float32, then matmul) on the Llama-2-7B layer
    shapes with bf16 activations, and a small int4 model's logits before and after pack_for_device; exit status 1
@@ -95,8 +96,20 @@ def main():
         x5 = torch.randn(5, k, device=dev, dtype=bf16, generator=gen)  # 5 rows: the skinny kernel
         ref5 = (x5.float() @ q.float().t()) * s.float()
         err5 = ((torch.ops.gptfast.skinny_mm(x5, q, s).float() - ref5).abs().max() / ref5.abs().max()).item()
-        ok &= err_i < 1e-2 and err5 < 1e-2
-        print(f"check int8 {name} ({n}x{k}): max rel err {err:.2e}, inductor {err_i:.2e}, 5 rows {err5:.2e}", flush=True)
+        # the float32 GEMV, which takes int8 products the float16-pair one does not (float16 activations,
+        # GPTFAST_INT8_F32=1)
+        err32 = ((K.gemv_launch(x.view(-1), q, s, **K.CONFIGS["int8"]).float() - ref).abs().max() / ref.abs().max()).item()
+        ok &= err_i < 1e-2 and err5 < 1e-2 and err32 < 1e-2
+        print(f"check int8 {name} ({n}x{k}): max rel err {err:.2e} (float16 pairs: {K.f16_fits(x.view(-1), q)}), "
+              f"float32 GEMV {err32:.2e}, inductor {err_i:.2e}, 5 rows {err5:.2e}", flush=True)
+        # activations the float16 sums overflow on: the program sums its rows again in float32
+        xo = torch.full_like(x, 6e4)
+        qo = torch.full_like(q, 127)
+        refo = (xo.float() @ qo.float().t()) * s.float()
+        y_o = torch.ops.gptfast.gemv(xo, qo, s).float()
+        err_o = ((y_o - refo).abs().max() / refo.abs().max()).item()
+        ok &= err_o < 1e-2
+        print(f"check int8 {name}, x = 6e4: max rel err {err_o:.2e} (float16 sums overflow; float32 again)", flush=True)
         # the residual add after the product, in the GEMV (kernels.int8_linear)
         r = torch.randn(1, n, device=dev, dtype=bf16, generator=gen)
         y_r = torch.ops.gptfast.gemv(x, q, s, False, r).float()
@@ -117,8 +130,11 @@ def main():
             ref_g = F.silu(gate) * up
             y_g = torch.ops.gptfast.gemv(x, q, s, True).float()
             err_g = ((y_g - ref_g).abs().max() / ref_g.abs().max()).item()
-            ok &= err_g < 1e-2
-            print(f"check int8 w13 with the SwiGLU: max rel err {err_g:.2e}", flush=True)
+            gate, up = refo.chunk(2, dim=-1)
+            y_go = torch.ops.gptfast.gemv(xo, qo, s, True).float()
+            err_go = ((y_go - F.silu(gate) * up).abs().max() / (F.silu(gate) * up).abs().max()).item()
+            ok &= err_g < 1e-2 and err_go < 1e-2
+            print(f"check int8 w13 with the SwiGLU: max rel err {err_g:.2e}; x = 6e4: {err_go:.2e}", flush=True)
         for G in (32, 64, 128):
             pk, s4, z4 = Q.quantize_int4(w, G)
             ref = x.float() @ K.dequantize_int4(pk, s4, z4, G).t()
@@ -216,8 +232,11 @@ def main():
     bench("bf16 F.linear (cuBLAS)", lambda n, c: ((lambda x, w=weights[n][c]: F.linear(x, w)), nbytes(weights[n][c])))
     bench("int8 PyTorch path (eager, dequantize+matmul)",
           lambda n, c: ((lambda x, t=quantized(8, n, c): F.linear(x, t[0].to(bf16)) * t[1]), nbytes(*quantized(8, n, c))))
-    bench("int8 triton default " + str(K.CONFIGS["int8"]),
+    bench("int8 triton float16 pairs " + str(K.CONFIGS["int8_f16"]),
           lambda n, c: ((lambda x, t=quantized(8, n, c): torch.ops.gptfast.gemv(x, *t)), nbytes(*quantized(8, n, c))))
+    bench("int8 triton float32 " + str(K.CONFIGS["int8"]),
+          lambda n, c: ((lambda x, t=quantized(8, n, c): K.gemv_launch(x.view(-1), *t, **K.CONFIGS["int8"])),
+                        nbytes(*quantized(8, n, c))))
     bench("int8 inductor (compiled int8_row)",
           lambda n, c: ((lambda x, t=quantized(8, n, c): int8_inductor(x, *t)), nbytes(*quantized(8, n, c))))
     for G in (32, 64, 128):

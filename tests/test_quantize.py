@@ -241,6 +241,73 @@ def test_triton_kernels_in_interpreter():
 
 
 # ------------------------------------------------------------------------------- round trips
+def _run_ptx(fn, *args: int) -> int:
+    """Interpret the inline PTX of one of kernels.py's f16x2 helpers (Triton's interpreter cannot) on 32-bit words:
+    just the instructions they use, each as PTX defines it (fma rounds once)."""
+    import inspect
+    import re
+
+    import numpy as np
+    f16 = lambda v: np.array([v & 0xFFFF], np.uint16).view(np.float16)[0]  # noqa: E731
+    f16bits = lambda v: int(np.array([v], np.float16).view(np.uint16)[0])  # noqa: E731
+    f32 = lambda v: np.array([v], np.uint32).view(np.float32)[0]  # noqa: E731
+    f32bits = lambda v: int(np.array([v], np.float32).view(np.uint32)[0])  # noqa: E731
+    lanes = lambda v: (f16(v), f16(v >> 16))  # noqa: E731
+    pack = lambda lo, hi: f16bits(lo) | f16bits(hi) << 16  # noqa: E731
+    asm = re.search(r'"""(.*?)"""', inspect.getsource(fn.fn), re.S).group(1)
+    reg = {f"${i + 1}": a for i, a in enumerate(args)}
+
+    def val(t):
+        return int(t[2:], 16) if t.startswith("0f") else int(t, 0) if t[0].isdigit() else reg[t]
+    for line in asm.split(";"):
+        line = line.strip(" \n{}")
+        if not line or line.startswith(".reg"):
+            continue
+        op, rest = line.split(None, 1)
+        d, *src = [t.strip() for t in re.split(r",(?![^{]*})", rest)]
+        v = [val(t) for t in src]
+        if op == "mov.b32" and d.startswith("{"):
+            lo, hi = d.strip("{}").split(", ")
+            reg[lo], reg[hi] = v[0] & 0xFFFF, v[0] >> 16
+            continue
+        reg[d] = {"xor.b32": lambda: v[0] ^ v[1], "and.b32": lambda: v[0] & v[1], "mov.b32": lambda: v[0],
+                  "shl.b32": lambda: v[0] << v[1] & 0xFFFFFFFF,
+                  "prmt.b32": lambda: sum(((v[0] | v[1] << 32) >> 8 * (v[2] >> 4 * i & 7) & 255) << 8 * i
+                                          for i in range(4)),
+                  "sub.f16x2": lambda: pack(*(a - b for a, b in zip(lanes(v[0]), lanes(v[1])))),
+                  "fma.rn.f16x2": lambda: pack(*(np.float16(float(a) * float(b) + float(c))
+                                                 for a, b, c in zip(lanes(v[0]), lanes(v[1]), lanes(v[2])))),
+                  "mul.f32": lambda: f32bits(f32(v[0]) * f32(v[1])),
+                  "cvt.rn.f16x2.f32": lambda: pack(np.float16(f32(v[1])), np.float16(f32(v[0]))),
+                  "cvt.f32.f16": lambda: f32bits(np.float32(f16(v[0]))),
+                  "add.f32": lambda: f32bits(f32(v[0]) + f32(v[1]))}[op]()
+    return reg["$0"]
+
+
+def test_int8_f16x2_arithmetic():
+    """The float16-pair int8 GEMV's PTX (GPU only), interpreted here: each int8 byte becomes its exact float16,
+    x words become float16 pairs times 2^-8, and a word of 4 weights against 4 of x sums as float32 does."""
+    pytest.importorskip("triton")
+    import numpy as np
+    bits = lambda t: t.contiguous().view(torch.int32).tolist()  # noqa: E731  little-endian words
+    f32 = lambda v: float(np.array([v], np.uint32).view(np.float32)[0])  # noqa: E731
+    x = torch.tensor([256.0, 512.0, -256.0, 1024.0], dtype=torch.bfloat16)  # x / 256 = 1, 2, -1, 4: exact products
+    x01, x23 = (_run_ptx(K._x_to_f16x2, w & 0xFFFFFFFF) for w in bits(x))
+    for w in torch.arange(-128, 128, dtype=torch.int8).view(-1, 4):  # every byte, 4 to a word
+        acc = _run_ptx(K._dot4_f16x2, bits(w)[0] & 0xFFFFFFFF, x01, x23, 0)
+        assert f32(_run_ptx(K._f16x2_sum, acc)) == float(w.float() @ x.float()) / 256, w
+    torch.manual_seed(0)
+    for _ in range(20):  # random weights and activations, accumulating over 4 words as over 4 tiles
+        w, x = torch.randint(-128, 128, (4, 4), dtype=torch.int8), torch.randn(4, 4, dtype=torch.bfloat16) * 30
+        acc = 0
+        for wi, xi in zip(w, x):
+            x01, x23 = (_run_ptx(K._x_to_f16x2, v & 0xFFFFFFFF) for v in bits(xi))
+            acc = _run_ptx(K._dot4_f16x2, bits(wi)[0] & 0xFFFFFFFF, x01, x23, acc)
+        ref = float((w.float() * x.float()).sum()) / 256
+        scale = float((w.float() * x.float()).abs().sum()) / 256
+        assert abs(f32(_run_ptx(K._f16x2_sum, acc)) - ref) < 2e-3 * scale, (ref, scale)
+
+
 def test_int8_compiled_decode_matches_eager(stories_int8):
     """The int8 model traces whole under torch.compile (generate.py --compile; the w13 product with its SwiGLU
     in FeedForward) and decodes the eager model's greedy tokens."""

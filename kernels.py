@@ -1,7 +1,8 @@
 """The Triton kernels of the decode step, each with a PyTorch path that is its reference and runs wherever
 the kernel does not (CPU, no Triton, shapes it does not take):
 - matmuls with quantized weights: GEMVs for batch-1 decode (below; reference paths here), the int4 one also
-  for 2-16 rows, once a row; the int8 one also takes 16-bit weights (wo and w2 of a 16-bit model, see linear);
+  for 2-16 rows, once a row; the int8 one in float32 arithmetic also takes 16-bit weights (wo and w2 of a 16-bit
+  model, see linear);
 - matmuls of 2-16 activation rows (batched decode; with int8 weights also short prompts and speculative
   verification): a skinny product that reads each weight once;
 - decode attention for one new token: RoPE, KV-cache write and flash-decoding attention in one kernel
@@ -125,10 +126,19 @@ def _use_triton(x: Tensor, rows: int = 1) -> bool:
 USE_INT8_F16 = USE_TRITON and not os.environ.get("GPTFAST_INT8_F32") and not os.environ.get("TRITON_INTERPRET")
 
 
+_f16x2_devices: dict[int, bool] = {}
+
+
 def f16_fits(x: Tensor, weight: Tensor) -> bool:
-    """Whether _int8_f16_gemv_kernel takes this int8 product: x one bfloat16 row, K % 4 == 0, both 4-byte aligned."""
-    return (USE_INT8_F16 and x.dtype == torch.bfloat16 and weight.dtype == torch.int8 and weight.shape[1] % 4 == 0
-            and x.data_ptr() % 4 == 0 and weight.data_ptr() % 4 == 0)
+    """Whether _int8_f16_gemv_kernel takes this one-row int8 product: x bfloat16, K % 4 == 0, both 4-byte aligned,
+    an NVIDIA GPU of compute capability 8.0 or later (its PTX converts float32 pairs to float16 pairs)."""
+    if not (USE_INT8_F16 and x.dtype == torch.bfloat16 and weight.dtype == torch.int8 and weight.shape[1] % 4 == 0
+            and x.data_ptr() % 4 == 0 and weight.data_ptr() % 4 == 0):
+        return False
+    if x.device.index not in _f16x2_devices:
+        cap = torch.cuda.get_device_capability(x.device)
+        _f16x2_devices[x.device.index] = torch.version.hip is None and cap >= (8, 0)
+    return _f16x2_devices[x.device.index]
 
 
 def _use_gemv(x: Tensor, weight: Tensor) -> bool:
@@ -298,7 +308,7 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # 12.8 (13.1). Over wo and w2 alone it is within 2% of the best on one H200 and 5% on an H100 ((8, 1024, 2): 0-4%).
 # int8_f16, int8_f16_gated (the float16-pair GEMV; the latter w13 with the SwiGLU): (8, 2048, 4) and (4, 1024, 4), over
 # 29 shapes on an H100 (2026-11-28, BENCHMARKS.md run 134) the best for a 7B block (45.6 + 31.7 us, against 81.3 for
-# the float32 GEMV's four products) and within 2.2% of the best at Llama-2-70B widths on one of two ranks.
+# the float32 GEMV's four products) and within 2.3% of the best at Llama-2-70B widths on one of two ranks.
 CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
@@ -311,8 +321,11 @@ if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
 
     with open(os.environ["GPTFAST_GEMV_CONFIGS"]) as f:
-        CONFIGS.update({k if not k.isdigit() else int(k): v
-                        for k, v in json.load(f).items()})
+        _given = {int(k) if k.isdigit() else k: v for k, v in json.load(f).items()}
+    if set(_given) - set(CONFIGS):
+        raise ValueError(f"GPTFAST_GEMV_CONFIGS: unknown keys {sorted(map(str, set(_given) - set(CONFIGS)))}; "
+                         f"the keys are {sorted(map(str, CONFIGS))}")
+    CONFIGS.update(_given)
 
 _warned = False
 
@@ -381,40 +394,40 @@ if triton is not None:
             y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
-    # int8 x bf16 in float16 pairs (f16x2): four weights cost one XOR, two PRMT, two f16x2 subtractions and two
-    # f16x2 multiply-adds (1.75 instructions a weight; 2.7-3.5 in the loop of the sm_90 build, against 5 for
-    # _gemv_kernel's float32 arithmetic). The byte u = w + 128 under 0x64 is the float16 1024 + u, and minus 1152
-    # it is w, exactly. x enters as float16 times 2^-8 (exact for |x| in [2^-6, 2^24)). A lane adds 2 products of at
-    # most |x| / 2 each per tile, so its float16 sums (max 65504) cannot overflow while |x| < 32768 / (K / BLOCK_K);
-    # if one does anyway, the program's rows are summed again in float32 (_int8_rows_f32), so an overflow costs
-    # time, never a wrong result. Inline PTX: CUDA only (no interpreter); scripts/gpu_check_quant.py tests it.
-    # On H100s: 7B int8 decode 326.3-333.6 -> 339.1-346.8 tok/s, Llama-2-70B int8 on two 68.3-69.3 -> 71.5-72.0
-    # (BENCHMARKS.md runs 134-137).
+    # int8 x bf16 in float16 pairs (f16x2): four weights cost one XOR, two PRMT, two f16x2 subtractions and two f16x2
+    # multiply-adds (1.75 instructions a weight; the loop of the sm_90 build runs 2.7-3.5 a weight with its loads and
+    # x's conversion, against 5.1 for _gemv_kernel's float32 arithmetic). The byte u = w + 128 under 0x54 is the
+    # float16 64 + u / 16, and minus 72 it is w / 16, exactly. x converts to float16 unscaled, exactly for |x| in
+    # [2^-17, 65504] (bf16 has 8 significant bits; smaller values round to float16's subnormals, steps of 2^-24).
+    # A lane adds 2 products of at most 8 |x| per tile, so its float16 sums (max 65504) cannot overflow while
+    # |x| < 4094 / (K / BLOCK_K); if one does (or x holds an inf), the sum is not finite and the program sums its
+    # rows again in float32 (_int8_rows_f32): large activations cost time, not accuracy. Inline PTX: CUDA only (no
+    # interpreter); the CPU test interprets these helpers' PTX, scripts/gpu_check_quant.py checks the kernel.
+    # On H100s: 7B int8 decode 326.3-334.6 -> 339.1-346.8 tok/s, Llama-2-70B int8 on two 68.3-69.3 -> 71.5-72.0
+    # (BENCHMARKS.md runs 134-141; the 70B rows with x scaled by 2^-8 instead of the weights by 1/16).
     @triton.jit
-    def _x_to_f16x2(x2):  # int32 words of two bfloat16 -> int32 words of two float16, each times 2^-8
+    def _x_to_f16x2(x2):  # int32 words of two bfloat16 -> int32 words of the same two as float16
         return tl.inline_asm_elementwise(
             """{
             .reg .b32 lo, hi;
             shl.b32 lo, $1, 16;
             and.b32 hi, $1, 0xffff0000;
-            mul.f32 lo, lo, 0f3B800000;
-            mul.f32 hi, hi, 0f3B800000;
             cvt.rn.f16x2.f32 $0, hi, lo;
             }""", "=r,r", [x2], dtype=tl.int32, is_pure=True, pack=1)
 
     @triton.jit
-    def _dot4_f16x2(w, x01, x23, acc):  # acc (f16x2) + words of 4 int8 times x01, x23: (w0 x0 + w2 x2, w1 x1 + w3 x3)
+    def _dot4_f16x2(w, x01, x23, acc):  # acc (f16x2) + (w0 x0 + w2 x2, w1 x1 + w3 x3) / 16, w a word of 4 int8
         return tl.inline_asm_elementwise(
             """{
-            .reg .b32 t, a, b, c;
+            .reg .b32 t, a, b, c, d;
             xor.b32 t, $1, 0x80808080;
-            mov.b32 c, 0x64806480;
-            prmt.b32 a, t, 0x64646464, 0x4140;
-            prmt.b32 b, t, 0x64646464, 0x4342;
+            mov.b32 c, 0x54805480;
+            prmt.b32 a, t, 0x54545454, 0x4140;
+            prmt.b32 b, t, 0x54545454, 0x4342;
             sub.f16x2 a, a, c;
             sub.f16x2 b, b, c;
-            fma.rn.f16x2 $0, a, $2, $4;
-            fma.rn.f16x2 $0, b, $3, $0;
+            fma.rn.f16x2 d, a, $2, $4;
+            fma.rn.f16x2 $0, b, $3, d;
             }""", "=r,r,r,r,r", [w, x01, x23, acc], dtype=tl.int32, is_pure=True, pack=1)
 
     @triton.jit
@@ -476,10 +489,10 @@ if triton is not None:
                 u = u_next
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        y = tl.sum(_f16x2_sum(acc), axis=1) * 256.0  # inf or NaN if a float16 sum overflowed (or x held one)
+        y = tl.sum(_f16x2_sum(acc), axis=1) * 16.0  # the weights were w / 16; inf or NaN if a sum overflowed
         up = y
         if GATED:
-            up = tl.sum(_f16x2_sum(acc_u), axis=1) * 256.0
+            up = tl.sum(_f16x2_sum(acc_u), axis=1) * 16.0
         if tl.max((((y - y) != 0) | ((up - up) != 0)).to(tl.int32), axis=0) > 0:  # not finite: again in float32
             x16, w8 = x_ptr.to(tl.pointer_type(tl.bfloat16)), w_ptr.to(tl.pointer_type(tl.int8))
             y = _int8_rows_f32(x16, w8, rows, row_ok, K, BLOCK_N, 256)

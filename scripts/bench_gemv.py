@@ -1,7 +1,7 @@
 """Matrix-vector products of one layer's shapes (Llama-2-7B unless --shape), one shape at a time, on the GPU:
 
-python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int8_f16,int4] [--shape llama-2-7b] [--tp 1] [--rows 8]
-                             [--budget_s 300] [--json FILE] [--configs_out FILE]
+python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int8_f16,int4] [--shape llama-2-7b] [--tp 1]
+                             [--rows 8] [--budget_s 300] [--json FILE] [--configs_out FILE]
 
 For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as compile_regions compiles
 the model: coordinate descent tuning, programmatic dependent launch; also with the RMSNorm in front, as wqkv
@@ -66,7 +66,8 @@ GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # the kernel wants BLOCK_K 
 
 
 BLOCK = ("wqkv", "wo", "w13", "w2")
-USES = {"bf16": ("wo", "w2"), "int8_f16": ("wqkv", "wo", "w2"), "int8_f16_gated": ("w13",)}  # the products whose launch shape a kind sets (kernels.linear's gemv layers); else BLOCK
+# The products whose launch shape a kind sets in the model (bf16: kernels.linear's gemv layers); other kinds: BLOCK.
+USES = {"bf16": ("wo", "w2"), "int8_f16": ("wqkv", "wo", "w2"), "int8_f16_gated": ("w13",)}
 
 
 def label(cfg: dict) -> str:
@@ -141,7 +142,8 @@ def main():
                 if in_budget("skinny"):
                     add(name, "skinny", label(cfg), lambda: [K.skinny_mm_launch(xm.view(a.rows, k), w, **cfg) for w in ws],
                         nb16, K.skinny_mm_launch(xm.view(a.rows, k), ws[0], **cfg), refm, copies)
-        q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)] if {"int8", "int8_f16", "skinny_int8"} & set(kinds) else []
+        int8_kinds = {"int8", "int8_f16", "skinny_int8"} & set(kinds)
+        q8 = [(q, s.to(bf16)) for q, s in map(Q.quantize_int8, ws)] if int8_kinds else []
         if "skinny_int8" in kinds:  # a.rows rows of int8 layers: what int8_linear did before, then the kernel
             xm = torch.randn(a.rows, k, device=dev, dtype=bf16, generator=gen)
             refm = (xm.float() @ q8[0][0].float().t()) * q8[0][1].float()
@@ -211,8 +213,8 @@ def main():
                 print(f"   ERROR: {len(bad)} variants off by > 2e-2, e.g. {bad[0]}", flush=True)
         del ws
         torch.cuda.empty_cache()
-    print("\nbest launch shapes over the products each kind runs in the model (bf16: wo and w2; the others: wqkv, wo, "
-          "w13, w2), sum of us:")
+    print("\nbest launch shapes over the products each kind runs in the model (bf16: wo and w2; int8_f16: wqkv, wo, "
+          "w2; int8_f16_gated: w13; the others: wqkv, wo, w13, w2), sum of us:")
     best = {}
     for kind in sorted({r["kind"] for r in rows if r["kind"] != "int4 g32 prefill"}):
         ranked, shapes = best_configs(rows, kind, 5)

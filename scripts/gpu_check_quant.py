@@ -98,18 +98,24 @@ def main():
         err5 = ((torch.ops.gptfast.skinny_mm(x5, q, s).float() - ref5).abs().max() / ref5.abs().max()).item()
         # the float32 GEMV, which takes int8 products the float16-pair one does not (float16 activations,
         # GPTFAST_INT8_F32=1)
-        err32 = ((K.gemv_launch(x.view(-1), q, s, **K.CONFIGS["int8"]).float() - ref).abs().max() / ref.abs().max()).item()
+        y32 = K.gemv_launch(x.view(-1), q, s, **K.CONFIGS["int8"]).float()
+        err32 = ((y32 - ref).abs().max() / ref.abs().max()).item()
         ok &= err_i < 1e-2 and err5 < 1e-2 and err32 < 1e-2
         print(f"check int8 {name} ({n}x{k}): max rel err {err:.2e} (float16 pairs: {K.f16_fits(x.view(-1), q)}), "
               f"float32 GEMV {err32:.2e}, inductor {err_i:.2e}, 5 rows {err5:.2e}", flush=True)
-        # activations the float16 sums overflow on: the program sums its rows again in float32
-        xo = torch.full_like(x, 6e4)
-        qo = torch.full_like(q, 127)
+        # activations the float16 sums overflow on (any product of a weight >= 35 with x = 3e4 exceeds 65504, and
+        # every row has such weights): each program sums its rows again in float32
+        xo, qo = torch.full_like(x, 3e4), q.abs().clamp_min(1)
         refo = (xo.float() @ qo.float().t()) * s.float()
         y_o = torch.ops.gptfast.gemv(xo, qo, s).float()
         err_o = ((y_o - refo).abs().max() / refo.abs().max()).item()
         ok &= err_o < 1e-2
-        print(f"check int8 {name}, x = 6e4: max rel err {err_o:.2e} (float16 sums overflow; float32 again)", flush=True)
+        print(f"check int8 {name}, x = 3e4: max rel err {err_o:.2e} (float16 sums overflow; float32 again)", flush=True)
+        for small in (1e-3, 1e-4):  # small activations: float16 has 10 binades fewer below 1 than bfloat16
+            y_s = torch.ops.gptfast.gemv(x * small, q, s).float()
+            err_s = ((y_s - ref * small).abs().max() / (ref * small).abs().max()).item()
+            ok &= err_s < 1e-2
+            print(f"check int8 {name}, x * {small:g}: max rel err {err_s:.2e}", flush=True)
         # the residual add after the product, in the GEMV (kernels.int8_linear)
         r = torch.randn(1, n, device=dev, dtype=bf16, generator=gen)
         y_r = torch.ops.gptfast.gemv(x, q, s, False, r).float()
@@ -130,11 +136,14 @@ def main():
             ref_g = F.silu(gate) * up
             y_g = torch.ops.gptfast.gemv(x, q, s, True).float()
             err_g = ((y_g - ref_g).abs().max() / ref_g.abs().max()).item()
+            y_g32 = K.gemv_launch(x.view(-1), q, s, gated=True, **K.CONFIGS["int8_gated"]).float()
+            err_g32 = ((y_g32 - ref_g).abs().max() / ref_g.abs().max()).item()
             gate, up = refo.chunk(2, dim=-1)
             y_go = torch.ops.gptfast.gemv(xo, qo, s, True).float()
             err_go = ((y_go - F.silu(gate) * up).abs().max() / (F.silu(gate) * up).abs().max()).item()
-            ok &= err_g < 1e-2 and err_go < 1e-2
-            print(f"check int8 w13 with the SwiGLU: max rel err {err_g:.2e}; x = 6e4: {err_go:.2e}", flush=True)
+            ok &= err_g < 1e-2 and err_go < 1e-2 and err_g32 < 1e-2
+            print(f"check int8 w13 with the SwiGLU: max rel err {err_g:.2e}, x = 3e4: {err_go:.2e}, "
+                  f"float32 GEMV {err_g32:.2e}", flush=True)
         for G in (32, 64, 128):
             pk, s4, z4 = Q.quantize_int4(w, G)
             ref = x.float() @ K.dequantize_int4(pk, s4, z4, G).t()

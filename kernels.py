@@ -401,8 +401,9 @@ if triton is not None:
     # [2^-17, 65504] (bf16 has 8 significant bits; smaller values round to float16's subnormals, steps of 2^-24).
     # A lane adds 2 products of at most 8 |x| per tile, so its float16 sums (max 65504) cannot overflow while
     # |x| < 4094 / (K / BLOCK_K); if one does (or x holds an inf), the sum is not finite and the program sums its
-    # rows again in float32 (_int8_rows_f32): large activations cost time, not accuracy. Inline PTX: CUDA only (no
-    # interpreter); the CPU test interprets these helpers' PTX, scripts/gpu_check_quant.py checks the kernel.
+    # rows again in float32 (_int8_rows_f32): large activations cost time, not accuracy. Inline PTX: CUDA only. The
+    # CPU tests interpret the helpers' PTX, and run the kernel in Triton's interpreter with the helpers rewritten in
+    # Triton; scripts/gpu_check_quant.py checks it on the GPU.
     # On H100s: 7B int8 decode 326.3-334.6 -> 339.1-346.8 tok/s, Llama-2-70B int8 on two 68.3-69.3 -> 71.5-72.0
     # (BENCHMARKS.md runs 134-141; the 70B rows with x scaled by 2^-8 instead of the weights by 1/16).
     @triton.jit

@@ -307,6 +307,67 @@ def test_int8_f16x2_arithmetic():
         assert abs(f32(_run_ptx(K._f16x2_sum, acc)) * 16 - ref) < 2e-3 * scale, (ref, scale)
 
 
+F16_KERNEL_CHECK = """
+import torch, triton, triton.language as tl, kernels as K, quantize as Q
+
+@triton.jit
+def lane(v, hi: tl.constexpr):  # one float16 of an f16x2 word, as float32
+    return ((v >> 16) if hi else v).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+@triton.jit
+def pack(lo, hi):  # float32 -> float16 (rounded, inf beyond 65504) -> an f16x2 word
+    h16 = lambda v: v.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+    return (h16(hi) << 16) | (h16(lo) & 0xFFFF)
+
+@triton.jit
+def x_to_f16x2(x2):
+    return pack((x2 << 16).to(tl.float32, bitcast=True), (x2 & -65536).to(tl.float32, bitcast=True))
+
+@triton.jit
+def dot4_f16x2(w, x01, x23, acc):
+    w16 = lambda i: ((w << (24 - 8 * i)) >> 24).to(tl.float32) / 16  # byte i, sign-extended, / 16
+    lo = pack(w16(0) * lane(x01, False) + lane(acc, False), w16(1) * lane(x01, True) + lane(acc, True))
+    return pack(w16(2) * lane(x23, False) + lane(lo, False), w16(3) * lane(x23, True) + lane(lo, True))
+
+@triton.jit
+def f16x2_sum(acc):
+    return lane(acc, False) + lane(acc, True)
+
+# the kernel as it is, with its PTX helpers replaced by the same arithmetic in Triton (test_int8_f16x2_arithmetic
+# checks the PTX itself)
+K._x_to_f16x2, K._dot4_f16x2, K._f16x2_sum = x_to_f16x2, dot4_f16x2, f16x2_sum
+torch.manual_seed(0)
+for N, Kd, cfg in [(24, 260, (8, 128, 1)), (10, 520, (4, 256, 2)), (7, 64, (8, 128, 1))]:  # partial tiles
+    w, x, r = torch.randn(N, Kd), torch.randn(Kd).bfloat16(), torch.randn(N).bfloat16()
+    q, s = Q.quantize_int8(w)
+    ref = (x.float() @ q.float().T) * s
+    f = lambda x, **kw: K.int8_f16_gemv_launch(x, q, s, *cfg, **kw).float()
+    tol = dict(atol=1e-2 * ref.abs().max().item(), rtol=0)
+    torch.testing.assert_close(f(x), ref, **tol)
+    torch.testing.assert_close(f(x, residual=r), r.float() + ref, **tol)
+    if N % 2 == 0:  # gate and up: the first N/2 rows, the rest
+        gate, up = ref.chunk(2)
+        want = torch.nn.functional.silu(gate) * up
+        torch.testing.assert_close(f(x, gated=True), want, atol=1e-2 * want.abs().max().item(), rtol=0)
+    xo = torch.full_like(x, 3e4)  # float16 sums overflow: each program again in float32, rows of their own
+    refo = (xo.float() @ q.float().T) * s
+    torch.testing.assert_close(f(xo), refo, atol=1e-2 * refo.abs().max().item(), rtol=0)
+    if N % 2 == 0:
+        gate, up = refo.chunk(2)
+        want = torch.nn.functional.silu(gate) * up
+        torch.testing.assert_close(f(xo, gated=True), want, atol=1e-2 * want.abs().max().item(), rtol=0)
+print("ok")
+"""
+
+
+def test_int8_f16_gemv_in_interpreter():
+    """_int8_f16_gemv_kernel's tiles, masks, SwiGLU, residual, scales and float32 fallback on overflow, on CPU:
+    Triton's interpreter with the kernel's three PTX helpers replaced by the same float16 arithmetic in Triton."""
+    pytest.importorskip("triton")
+    r = run_cli("-c", F16_KERNEL_CHECK, env={"TRITON_INTERPRET": "1"})
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
 def test_int8_compiled_decode_matches_eager(stories_int8):
     """The int8 model traces whole under torch.compile (generate.py --compile; the w13 product with its SwiGLU
     in FeedForward) and decodes the eager model's greedy tokens."""

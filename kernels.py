@@ -346,6 +346,34 @@ if triton is not None:
         return w.to(tl.float32)
 
     @triton.jit
+    def _first_tiles(w_ptr, rows, row_ok, cols, width, N, GATED: tl.constexpr):
+        # The GEMVs' first weight tile of `rows` (elements `cols` of rows `width` long) and, GATED, of the up rows N
+        # further, with where they start: loaded before the kernel waits for its input (PDL).
+        w_at = w_ptr + rows[:, None] * width + cols[None, :]
+        u_at = w_at + N * width  # the up rows (GATED)
+        w = tl.load(w_at, mask=row_ok[:, None] & (cols[None, :] < width), other=0)  # independent of the kernel before
+        u = w
+        if GATED:
+            u = tl.load(u_at, mask=row_ok[:, None] & (cols[None, :] < width), other=0)
+        return w_at, u_at, w, u
+
+    @triton.jit
+    def _store_rows(y, up, s_ptr, r_ptr, y_ptr, rows, row_ok, N, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
+                    SCALED: tl.constexpr):
+        # The GEMVs' epilogue, y (and, GATED, up) the rows' float32 sums: times the row scales (SCALED: int8),
+        # silu(gate) * up (GATED), plus the residual, rounded as a separate add would round it (RESIDUAL), stored.
+        if SCALED:
+            y *= tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if GATED:
+            if SCALED:
+                up *= tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
+            y = y / (1.0 + tl.exp(-y)) * up
+        if RESIDUAL:
+            r = tl.load(r_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+    @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GATED: tl.constexpr, RESIDUAL: tl.constexpr, SCALED: tl.constexpr, PDL: tl.constexpr):
         # y = (w @ x) * s: w int8 (N, K), s the per-row scales; or, SCALED false, y = w @ x with w 16-bit floats.
@@ -359,12 +387,7 @@ if triton is not None:
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         cols = tl.arange(0, BLOCK_K)
-        w_at = w_ptr + rows[:, None] * K + cols[None, :]
-        u_at = w_at + N * K  # the up rows (GATED)
-        w = tl.load(w_at, mask=row_ok[:, None] & (cols[None, :] < K), other=0)  # independent of the kernel before
-        u = w
-        if GATED:
-            u = tl.load(u_at, mask=row_ok[:, None] & (cols[None, :] < K), other=0)
+        w_at, u_at, w, u = _first_tiles(w_ptr, rows, row_ok, cols, K, N, GATED)
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is its output
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # reduced once, after the loop
@@ -381,18 +404,8 @@ if triton is not None:
                 u = u_next
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        y = tl.sum(acc, axis=1)
-        if SCALED:
-            y *= tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        if GATED:
-            up = tl.sum(acc_u, axis=1)
-            if SCALED:
-                up *= tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
-            y = y / (1.0 + tl.exp(-y)) * up
-        if RESIDUAL:
-            r = tl.load(r_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
-        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+        _store_rows(tl.sum(acc, axis=1), tl.sum(acc_u, axis=1), s_ptr, r_ptr, y_ptr, rows, row_ok, N, GATED, RESIDUAL,
+                    SCALED)
 
     # int8 x bf16 in float16 pairs (f16x2): four weights cost one XOR, two PRMT, two f16x2 subtractions and two f16x2
     # multiply-adds (1.75 instructions a weight; the loop of the sm_90 build runs 2.7-3.5 a weight with its loads and
@@ -466,12 +479,7 @@ if triton is not None:
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         k = tl.arange(0, KT)
-        w_at = w_ptr + rows[:, None] * KW + k[None, :]
-        u_at = w_at + N * KW  # the up rows (GATED)
-        w = tl.load(w_at, mask=row_ok[:, None] & (k[None, :] < KW), other=0)  # independent of the kernel before
-        u = w
-        if GATED:
-            u = tl.load(u_at, mask=row_ok[:, None] & (k[None, :] < KW), other=0)
+        w_at, u_at, w, u = _first_tiles(w_ptr, rows, row_ok, k, KW, N, GATED)
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is its output
         acc = tl.zeros((BLOCK_N, KT), dtype=tl.int32)  # f16x2 zeros
@@ -499,13 +507,7 @@ if triton is not None:
             y = _int8_rows_f32(x16, w8, rows, row_ok, K, BLOCK_N, 256)
             if GATED:
                 up = _int8_rows_f32(x16, w8, rows + N, row_ok, K, BLOCK_N, 256)
-        y *= tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        if GATED:
-            y = y / (1.0 + tl.exp(-y)) * up * tl.load(s_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
-        if RESIDUAL:
-            r = tl.load(r_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
-        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+        _store_rows(y, up, s_ptr, r_ptr, y_ptr, rows, row_ok, N, GATED, RESIDUAL, True)
 
     @triton.jit
     def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, r_ptr, y_ptr, M, N, K, KW, M_LO, M_HI, G: tl.constexpr,

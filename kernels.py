@@ -94,6 +94,8 @@ USE_SKINNY = USE_TRITON and not os.environ.get("GPTFAST_NO_SKINNY")
 USE_GATED = USE_TRITON and not os.environ.get("GPTFAST_NO_GATED")
 # GPTFAST_NO_FUSED_ADD=1 leaves the residual add after a GEMV (wo, w2: quantized, or 16-bit) to a kernel of its own.
 USE_FUSED_ADD = USE_TRITON and not os.environ.get("GPTFAST_NO_FUSED_ADD")
+# GPTFAST_NO_ROW_NORM=1 leaves every RMSNorm to Inductor (model.rms_norm) instead of rms_norm_launch's kernel.
+USE_ROW_NORM = USE_TRITON and not os.environ.get("GPTFAST_NO_ROW_NORM")
 # GPTFAST_DECODE_SLICES=n fixes the decode attention kernel's number of slices (decode_attention_launch).
 DECODE_SLICES = int(os.environ.get("GPTFAST_DECODE_SLICES", 0))
 
@@ -152,6 +154,14 @@ def use_decode_attention(qkv: Tensor, k_cache: Tensor) -> bool:
     CUDA, 16-bit, a power-of-two head_dim from 32 to 256, and a cache its 32-bit offsets can address."""
     return (USE_DECODE_ATTENTION and qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16)
             and k_cache.shape[-1] in (32, 64, 128, 256) and k_cache.numel() < 2 ** 31)
+
+
+def use_row_norm(x: Tensor, weight: Tensor) -> bool:
+    """Whether model.RMSNorm may hand x to rms_norm_launch's one-pass kernel: a decode step on CUDA (x (B, 1, dim),
+    B <= 16), x and the norm weight of one 16-bit dtype, dim at most 32768. (Prompts stay with Inductor: a test of
+    their length would make torch.compile's prefill graph, compiled for any length, recompile.)"""
+    return (USE_ROW_NORM and x.is_cuda and x.dim() == 3 and x.shape[1] == 1 and x.shape[0] <= 16
+            and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16) and x.shape[-1] <= 32768)
 
 
 def swiglu(gate_up: Tensor) -> Tensor:
@@ -306,14 +316,17 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # bf16 (wo and w2 of a 16-bit model, kernels.linear): (8, 512, 2), the best of 29 shapes over a 7B block at the shapes
 # of one of two tensor-parallel ranks on an H200 (2026-11-27, BENCHMARKS.md run 105): wo 5.7 us (Inductor's 10.6), w2
 # 12.8 (13.1). Over wo and w2 alone it is within 2% of the best on one H200 and 5% on an H100 ((8, 1024, 2): 0-4%).
-# int8_f16, int8_f16_gated (the float16-pair GEMV; the latter w13 with the SwiGLU): (8, 2048, 4) and (4, 1024, 4), over
-# 29 shapes on an H100 (2026-11-28, BENCHMARKS.md run 134) the best for a 7B block (45.6 + 31.7 us, against 81.3 for
-# the float32 GEMV's four products) and within 2.3% of the best at Llama-2-70B widths on one of two ranks.
+# int8_f16 (the float16-pair GEMV): (8, 2048, 4), over 29 shapes on an H100 (2026-11-28, BENCHMARKS.md run 134) the
+# best for wqkv, wo and w2 of a 7B block, and in bench_gemv.py's sweep at Llama-2-70B widths on one of two H200 ranks
+# (run 142). int8_f16_gated (w13 with the SwiGLU): (2, 2048, 4), the best in the sweeps of run 138 (7B, H100: 31.8 us
+# against 33.1 for (4, 1024, 4)) and run 142 (57.7 us; (4, 1024, 4) not among the five best, which were within 3%);
+# end to end on H200s, against (4, 1024, 4): 7B int8 416.1 tok/s against 411.7-411.8, 70B int8 on two 91.6-91.7
+# against 90.7-90.8 (runs 142-143).
 CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
            "int8_f16": dict(BLOCK_N=8, BLOCK_K=2048, num_warps=4),
-           "int8_f16_gated": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
+           "int8_f16_gated": dict(BLOCK_N=2, BLOCK_K=2048, num_warps=4),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
            **{G: dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2) for G in (32, 64, 128, 256)}}
@@ -869,6 +882,32 @@ if triton is not None:
             tl.extra.cuda.gdc_launch_dependents()
         tl.store(y_ptr + row * I + cols, (gate / (1.0 + tl.exp(-gate)) * up).to(y_ptr.dtype.element_ty), mask=cols < I)
 
+    @triton.jit
+    def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, D, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        # Row program_id(0) of x, w * (x / rms(x)), in one pass with the row in registers, rounded as model.rms_norm
+        # rounds: the normalised row in float32, rounded to x's dtype, times w, rounded again. Inductor's kernel
+        # for one row wider than 1024 loops over it twice, a dependent load an iteration (BENCHMARKS.md).
+        row, d = tl.program_id(0).to(tl.int64), tl.arange(0, BLOCK)
+        ok = d < D
+        w = tl.load(w_ptr + d, mask=ok, other=0.0).to(tl.float32)  # independent of the kernel before
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # x is its output
+        x = tl.load(x_ptr + row * D + d, mask=ok, other=0.0).to(tl.float32)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+        r = tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
+        y = (x * r).to(y_ptr.dtype.element_ty).to(tl.float32) * w
+        tl.store(y_ptr + row * D + d, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+    def rms_norm_launch(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        """model.rms_norm(x, weight, eps) for x and weight of one 16-bit dtype: a program a row."""
+        D = x.shape[-1]
+        x2, y = x.reshape(-1, D).contiguous(), torch.empty_like(x)
+        BLOCK = triton.next_power_of_2(D)
+        _rms_norm_kernel[(x2.shape[0],)](x2, weight.contiguous(), y, D, eps, BLOCK=BLOCK,
+                                         num_warps=min(16, max(4, BLOCK // 512)), **_pdl(x))
+        return y
+
     def swiglu_launch(gate_up: Tensor) -> Tensor:
         x = gate_up.contiguous()
         I = x.shape[-1] // 2
@@ -936,6 +975,14 @@ if triton is not None:
     @decode_attention.register_fake
     def _(qkv, cos, sin, mask, input_pos, k_cache, v_cache, n_heads):
         return qkv.new_empty(qkv.shape[0], n_heads * k_cache.shape[-1])
+
+    @torch.library.custom_op("gptfast::rms_norm", mutates_args=())
+    def rms_norm_op(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        return rms_norm_launch(x, weight, eps)
+
+    @rms_norm_op.register_fake
+    def _(x, weight, eps):
+        return torch.empty_like(x)
 
     @torch.library.custom_op("gptfast::swiglu", mutates_args=())
     def swiglu_op(gate_up: Tensor) -> Tensor:

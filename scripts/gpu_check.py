@@ -5,7 +5,8 @@ python scripts/gpu_check.py [--shape llama-2-7b] [--steps 50]
 On a real-shaped model with random bf16 weights, with generate.py's --compile path (compiled blocks,
 CUDA-graphed decode): greedy tokens equal eager ones, step by step on the same inputs, except at
 genuine bf16 ties; prompts of new lengths cause no recompilation; seeded sampling repeats; prints
-compile time and tokens/s. First, kernels.py's SwiGLU kernel against float64, its skinny product (batched
+compile time and tokens/s. First, kernels.py's SwiGLU kernel against float64, its RMSNorm against model.rms_norm
+(bf16), its skinny product (batched
 decode) against float32 and in the model's batch-8 step (error against float32 no larger than cuBLAS's), its fused decode
 attention against a float32 PyTorch reference (several head layouts, left padding, short and long
 caches, one and several slices; repeated calls identical), and the model's logits with and without
@@ -106,12 +107,24 @@ def check_skinny(model, shape: str) -> bool:
     return ok and err[True] <= 1.5 * err[False] + 0.05
 
 
+def check_rms_norm() -> bool:
+    ok = True
+    for rows, dim in [(1, 4096), (5, 8192), (1, 576)]:
+        x = torch.randn(rows, dim, device="cuda", dtype=torch.bfloat16) * 3
+        w = torch.randn(dim, device="cuda", dtype=torch.bfloat16)
+        y, ref = K.rms_norm_launch(x, w, 1e-5).float(), M.rms_norm(x, w, 1e-5).float()
+        same, err = (y == ref).float().mean().item(), ((y - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
+        print(f"rms_norm kernel {rows}x{dim}: {same:.1%} identical to model.rms_norm, max rel err {err:.1e}")
+        ok &= same > 0.95 and err <= 2 ** -6  # a bf16 ulp or two where the float32 sums differ in order
+    return ok
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="llama-2-7b")
     p.add_argument("--steps", type=int, default=50)
     a = p.parse_args()
-    ok = check_swiglu() & check_decode_attention()
+    ok = check_swiglu() & check_rms_norm() & check_decode_attention()
     model = random_model(shape_config(a.shape), "cuda", torch.bfloat16, 256)
     ok &= check_skinny(model, a.shape)
     model.setup_caches(1, 256)  # one cache for every prompt below

@@ -157,11 +157,16 @@ def use_decode_attention(qkv: Tensor, k_cache: Tensor) -> bool:
 
 
 def use_row_norm(x: Tensor, weight: Tensor) -> bool:
-    """Whether model.RMSNorm may hand x to rms_norm_launch's one-pass kernel: a decode step on CUDA (x (B, 1, dim),
-    B <= 16), x and the norm weight of one 16-bit dtype, dim at most 32768. (Prompts stay with Inductor: a test of
-    their length would make torch.compile's prefill graph, compiled for any length, recompile.)"""
-    return (USE_ROW_NORM and x.is_cuda and x.dim() == 3 and x.shape[1] == 1 and x.shape[0] <= 16
-            and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16) and x.shape[-1] <= 32768)
+    """Whether model.RMSNorm may hand x to rms_norm_launch's one-pass kernel: on CUDA, _row_norm_fits."""
+    return USE_ROW_NORM and x.is_cuda and _row_norm_fits(x, weight)
+
+
+def _row_norm_fits(x: Tensor, weight: Tensor) -> bool:
+    """A decode step, x (B, 1, dim) with B <= 16 (measured at 1 and 8; larger batches keep Inductor's norm), x and the
+    norm weight of one 16-bit dtype, dim at most 32768. Prompts stay with Inductor: a test of their length would make
+    torch.compile's prefill graph, compiled for any length, recompile."""
+    return (x.dim() == 3 and x.shape[1] == 1 and x.shape[0] <= 16 and x.dtype == weight.dtype
+            and x.dtype in (torch.bfloat16, torch.float16) and x.shape[-1] <= 32768)
 
 
 def swiglu(gate_up: Tensor) -> Tensor:
@@ -393,7 +398,7 @@ if triton is not None:
         # GATED: w has 2N rows, gate then up (the fused w13), and y = silu(gate) * up: the program computes row r
         # of both, so the SwiGLU costs no kernel.
         # RESIDUAL: y = r + y, rounded as a separate add would round it, which then costs no kernel either.
-        # (The RMSNorm before wqkv and w13 measured slower inside this kernel than as Inductor's: BENCHMARKS.md.)
+        # (The RMSNorm before wqkv and w13 measured slower inside this kernel than in a kernel of its own: BENCHMARKS.md.)
         # Each program owns BLOCK_N output rows and walks all of K: the reduction stays in registers
         # and the result is written once (no split-K atomics, no zero-fill or cast kernels). The next
         # tile of weights is loaded before the current one is used, so two tiles are in flight.
@@ -902,8 +907,8 @@ if triton is not None:
     def rms_norm_launch(x: Tensor, weight: Tensor, eps: float) -> Tensor:
         """model.rms_norm(x, weight, eps) for x and weight of one 16-bit dtype: a program a row."""
         D = x.shape[-1]
-        x2, y = x.reshape(-1, D).contiguous(), torch.empty_like(x)
-        BLOCK = triton.next_power_of_2(D)
+        x2, y = x.reshape(-1, D).contiguous(), torch.empty_like(x, memory_format=torch.contiguous_format)
+        BLOCK = triton.next_power_of_2(D)  # 8-16 values a thread at widths 4096-8192 (not tuned)
         _rms_norm_kernel[(x2.shape[0],)](x2, weight.contiguous(), y, D, eps, BLOCK=BLOCK,
                                          num_warps=min(16, max(4, BLOCK // 512)), **_pdl(x))
         return y
@@ -982,7 +987,7 @@ if triton is not None:
 
     @rms_norm_op.register_fake
     def _(x, weight, eps):
-        return torch.empty_like(x)
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.custom_op("gptfast::swiglu", mutates_args=())
     def swiglu_op(gate_up: Tensor) -> Tensor:

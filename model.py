@@ -212,12 +212,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor, into: nn.Module | None = None) -> Tensor:
-        """into: the layer that reads the output. A 16-bit Linear of one row takes the norm into Inductor's GEMV
-        (each program sums the squares of x as it reads it); before any other (a quantized layer's kernel, a batch
-        of rows) a decode step's norm on CUDA is kernels.py's, one pass over the row where Inductor's kernel makes
-        two over a row wider than 1024: 1.8 us against 2.3 a norm, 7B int8 decode 344.2 -> 350.5 tok/s and int4
-        413.2 -> 417.3-417.7 on an H100 (BENCHMARKS.md run 145)."""
-        if kernels.use_row_norm(x, self.weight) and not (isinstance(into, Linear) and x.shape[0] == 1):
+        """into: the layer that reads the output. A 16-bit linear layer of one row takes the norm into Inductor's
+        GEMV (each program sums the squares of x as it reads it); before any other (a quantized layer's kernel, a
+        batch of rows) a decode step's norm on CUDA is kernels.py's, one pass over the row where Inductor's kernel
+        makes two over a row wider than 1024: 7B int8 decode 344.2 -> 350.5 tok/s and int4 413.2 -> 417.3-417.7 on
+        an H100 (BENCHMARKS.md run 145)."""
+        if kernels.use_row_norm(x, self.weight) and not (isinstance(into, nn.Linear) and x.shape[0] == 1):
             return torch.ops.gptfast.rms_norm(x, self.weight, self.eps)
         return rms_norm(x, self.weight, self.eps)
 

@@ -109,13 +109,13 @@ def check_skinny(model, shape: str) -> bool:
 
 def check_rms_norm() -> bool:
     ok = True
-    for rows, dim in [(1, 4096), (5, 8192), (1, 576)]:
-        x = torch.randn(rows, dim, device="cuda", dtype=torch.bfloat16) * 3
-        w = torch.randn(dim, device="cuda", dtype=torch.bfloat16)
+    for shape in [(1, 4096), (5, 8192), (1, 576), (2, 1, 5120)]:
+        x = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 3
+        w = torch.randn(shape[-1], device="cuda", dtype=torch.bfloat16)
         y, ref = K.rms_norm_launch(x, w, 1e-5).float(), M.rms_norm(x, w, 1e-5).float()
         same, err = (y == ref).float().mean().item(), ((y - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
-        print(f"rms_norm kernel {rows}x{dim}: {same:.1%} identical to model.rms_norm, max rel err {err:.1e}")
-        ok &= same > 0.95 and err <= 2 ** -6  # a bf16 ulp or two where the float32 sums differ in order
+        print(f"rms_norm kernel {shape}: {same:.2%} identical to model.rms_norm, max rel err {err:.1e}")
+        ok &= same >= 0.999 and err <= 2 ** -6  # a bf16 ulp or two where the float32 sums differ in order
     return ok
 
 

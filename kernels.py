@@ -697,65 +697,23 @@ if triton is not None:
     # replaces model.Attention's PyTorch path for one token (RoPE, two cache writes, SDPA: 4-5 kernels a
     # layer; that path is the reference the tests compare this with). Program (b, kv head, slice) takes
     # the R query heads sharing that key/value head (padded to 16 rows for tl.dot) over one slice of the
-    # positions 0..pos, keeping a running softmax (flash decoding). The slices divide the positions filled
-    # so far, not the whole cache, so every program has work however long the cache is (the grid is fixed,
-    # which CUDA graphs need; the position is read on the device). With more than one slice, each program
-    # stores its partial result and counts itself done on a counter of its head group; the last of the group
-    # merges the group's slices, in slice order (so the result does not depend on which program is last),
-    # and resets the counter for the next call.
-    # Before it waits for the kernel before it (wqkv, which writes qkv), a program loads its first tile of
-    # cached keys and values, the mask and the position: earlier steps and earlier kernels of this step wrote
-    # them, and those kernels have finished, because every PDL kernel (this file's, Inductor's) waits before it
-    # lets the next one start. So the cache reads overlap the end of wqkv. The cache row at pos is the one
-    # thing stale there: the tiles take the new key and value from registers.
+    # positions 0..pos, keeping a running softmax (flash decoding); with more than one slice,
+    # _merge_slices_kernel combines their partial results. The slices divide the positions filled so far,
+    # not the whole cache, so every program has work however long the cache is (the grid is fixed, which
+    # CUDA graphs need; the position is read on the device).
     @triton.jit
-    def _kv_tile(k_cache, v_cache, mask_row, s, end, pos, d, dd, HALF: tl.constexpr, D: tl.constexpr):
-        """Positions s of the cache: which the query may see (ok), and their keys (two halves) and values, with
-        zeros at pos, whose key and value _attend_tile takes from the new token."""
-        ok = (s < end) & (tl.load(mask_row + s, mask=s < end, other=0) != 0)
-        cached = (ok & (s != pos))[:, None]
-        k1 = tl.load(k_cache + s[:, None] * D + d[None, :], mask=cached, other=0.0)
-        k2 = tl.load(k_cache + s[:, None] * D + HALF + d[None, :], mask=cached, other=0.0)
-        v = tl.load(v_cache + s[:, None] * D + dd[None, :], mask=cached, other=0.0)
-        return ok, k1, k2, v
-
-    @triton.jit
-    def _attend_tile(qa, qb, s, ok, k1, k2, v, pos, score_new, v_new, m, l, acc, scale):
-        """One tile of flash decoding: the running (max m, sum l, unnormalised acc) after positions s; the new
-        token's position takes score_new (its key's score, (BLOCK_R,)) and v_new."""
-        scores = (tl.dot(qa, tl.trans(k1)) + tl.dot(qb, tl.trans(k2))) * scale  # (BLOCK_R, BLOCK_S)
-        new = (s == pos)[None, :]
-        scores = tl.where(ok[None, :], tl.where(new, score_new[:, None], scores), float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, 1))
-        p = tl.exp2(scores - m_new[:, None]).to(v.dtype)
-        alpha = tl.exp2(m - m_new)
-        p_new = tl.sum(tl.where(new, p, 0.0).to(tl.float32), 1)  # v is zero at pos: its row is added apart
-        acc = acc * alpha[:, None] + tl.dot(p, v) + p_new[:, None] * v_new.to(tl.float32)[None, :]
-        return m_new, l * alpha + tl.sum(p.to(tl.float32), 1), acc
-
-    @triton.jit
-    def _decode_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, mask_ptr, pos_ptr, k_ptr, v_ptr, y_ptr, part_ptr, m_ptr,
-                                 l_ptr, count_ptr, stride_qkv, stride_mask, stride_kb, stride_kh, scale,
+    def _decode_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, mask_ptr, pos_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr,
+                                 stride_qkv, stride_mask, stride_kb, stride_kh, scale,
                                  H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, N_SLICES: tl.constexpr,
-                                 BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
-                                 EARLY: tl.constexpr = True, MERGE_IN: tl.constexpr = True):
+                                 BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
         b, kvh, sl = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        if PDL and not EARLY:
-            tl.extra.cuda.gdc_wait()
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # qkv is the previous kernel's output
         R: tl.constexpr = H // KV
         HALF: tl.constexpr = D // 2
         dtype = k_ptr.dtype.element_ty
         r, d, dd = tl.arange(0, BLOCK_R), tl.arange(0, HALF), tl.arange(0, D)
-        k_cache, v_cache = k_ptr + b * stride_kb + kvh * stride_kh, v_ptr + b * stride_kb + kvh * stride_kh
-        mask_row = mask_ptr + b * stride_mask
         pos = tl.load(pos_ptr).to(tl.int32)
-        slice_len = tl.cdiv(tl.cdiv(pos + 1, N_SLICES), BLOCK_S) * BLOCK_S  # whole tiles
-        start = sl * slice_len
-        end = tl.minimum(start + slice_len, pos + 1)  # a slice past the end gets no work
-        s = start + tl.arange(0, BLOCK_S)
-        ok, k1, k2, v = _kv_tile(k_cache, v_cache, mask_row, s, end, pos, d, dd, HALF, D)  # the first tile, early
-        if PDL and EARLY:
-            tl.extra.cuda.gdc_wait()  # qkv is the previous kernel's output
         cos, sin = tl.load(cos_ptr + b * HALF + d), tl.load(sin_ptr + b * HALF + d)  # at this row's position
         row = qkv_ptr + b * stride_qkv  # this row's q (H heads), k (KV heads), v (KV heads)
         # RoPE (rotate-half) in float32, rounded to the cache dtype as the PyTorch path rounds it
@@ -763,59 +721,51 @@ if triton is not None:
         q1 = tl.load(q_at, mask=(r < R)[:, None], other=0.0).to(tl.float32)
         q2 = tl.load(q_at + HALF, mask=(r < R)[:, None], other=0.0).to(tl.float32)
         qa, qb = (q1 * cos - q2 * sin).to(dtype), (q2 * cos + q1 * sin).to(dtype)
-        k1_new = tl.load(row + (H + kvh) * D + d).to(tl.float32)
-        k2_new = tl.load(row + (H + kvh) * D + HALF + d).to(tl.float32)
-        k1_new, k2_new = (k1_new * cos - k2_new * sin).to(dtype), (k2_new * cos + k1_new * sin).to(dtype)
-        v_new = tl.load(row + (H + KV + kvh) * D + dd)
-        score_new = tl.sum(qa.to(tl.float32) * k1_new.to(tl.float32)[None, :]
-                           + qb.to(tl.float32) * k2_new.to(tl.float32)[None, :], 1) * scale
-        if (pos >= start) & (pos < end):  # the slice holding the new position writes its key and value
-            tl.store(k_cache + pos * D + d, k1_new)
-            tl.store(k_cache + pos * D + HALF + d, k2_new)
-            tl.store(v_cache + pos * D + dd, v_new)
+        k_cache, v_cache = k_ptr + b * stride_kb + kvh * stride_kh, v_ptr + b * stride_kb + kvh * stride_kh
+        slice_len = tl.cdiv(tl.cdiv(pos + 1, N_SLICES), BLOCK_S) * BLOCK_S  # whole tiles
+        start = sl * slice_len
+        if (pos >= start) & (pos < start + slice_len):  # the slice holding the new position writes its key and value
+            k1 = tl.load(row + (H + kvh) * D + d).to(tl.float32)
+            k2 = tl.load(row + (H + kvh) * D + HALF + d).to(tl.float32)
+            tl.store(k_cache + pos * D + d, (k1 * cos - k2 * sin).to(dtype))
+            tl.store(k_cache + pos * D + HALF + d, (k2 * cos + k1 * sin).to(dtype))
+            tl.store(v_cache + pos * D + dd, tl.load(row + (H + KV + kvh) * D + dd))
+            tl.debug_barrier()  # the loop below reads them back through other threads of this program
         # Running softmax in base 2 (scale includes log2(e)); the max starts finite so that a tile the
-        # mask hides entirely (left padding, or a slice past the end) leaves it unchanged, not NaN.
+        # mask hides entirely (left padding) gives zeros, not NaN.
         m = tl.full((BLOCK_R,), -1e30, tl.float32)
         l = tl.zeros((BLOCK_R,), tl.float32)
         acc = tl.zeros((BLOCK_R, D), tl.float32)
-        m, l, acc = _attend_tile(qa, qb, s, ok, k1, k2, v, pos, score_new, v_new, m, l, acc, scale)
-        for s0 in range(start + BLOCK_S, end, BLOCK_S):  # the slice's later tiles (long contexts)
+        end = tl.minimum(start + slice_len, pos + 1)  # a slice past the end gets no work
+        for s0 in range(start, end, BLOCK_S):
             s = s0 + tl.arange(0, BLOCK_S)
-            ok, k1, k2, v = _kv_tile(k_cache, v_cache, mask_row, s, end, pos, d, dd, HALF, D)
-            m, l, acc = _attend_tile(qa, qb, s, ok, k1, k2, v, pos, score_new, v_new, m, l, acc, scale)
+            ok = (s < end) & (tl.load(mask_ptr + b * stride_mask + s, mask=s < end, other=0) != 0)
+            k1 = tl.load(k_cache + s[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+            k2 = tl.load(k_cache + s[:, None] * D + HALF + d[None, :], mask=ok[:, None], other=0.0)
+            scores = (tl.dot(qa, tl.trans(k1)) + tl.dot(qb, tl.trans(k2))) * scale  # (BLOCK_R, BLOCK_S)
+            scores = tl.where(ok[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, 1))
+            p = tl.exp2(scores - m_new[:, None])
+            alpha = tl.exp2(m - m_new)
+            v = tl.load(v_cache + s[:, None] * D + dd[None, :], mask=ok[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
+            l = l * alpha + tl.sum(p, 1)
+            m = m_new
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         heads = b * H + kvh * R + r  # (BLOCK_R,) row of each query head in (B * H, ...) outputs
         if N_SLICES == 1:
-            tl.store(y_ptr + heads[:, None] * D + dd[None, :], (acc / l[:, None]).to(dtype), mask=(r < R)[:, None])
-        else:
+            tl.store(out_ptr + heads[:, None] * D + dd[None, :], (acc / l[:, None]).to(dtype), mask=(r < R)[:, None])
+        else:  # partial results, merged by _merge_slices_kernel
             at = heads * N_SLICES + sl
-            tl.store(part_ptr + at[:, None] * D + dd[None, :], acc, mask=(r < R)[:, None])
+            tl.store(out_ptr + at[:, None] * D + dd[None, :], acc, mask=(r < R)[:, None])
             tl.store(m_ptr + at, m, mask=r < R)
             tl.store(l_ptr + at, l, mask=r < R)
-            tl.debug_barrier()  # all of this program's stores, then the release of the counter below
-            if MERGE_IN and tl.atomic_add(count_ptr + b * KV + kvh, 1, sem="acq_rel") == N_SLICES - 1:  # the group's last
-                tl.store(count_ptr + b * KV + kvh, 0)
-                # softmax over all slices from each slice's (max m, sum l, unnormalised acc); an empty slice
-                # has l = 0, m = -1e30. Loads bypass L1 (.cg): other programs wrote these during this kernel.
-                m_all = tl.full((BLOCK_R,), -1e30, tl.float32)
-                for j in tl.static_range(N_SLICES):
-                    m_all = tl.maximum(m_all, tl.load(m_ptr + heads * N_SLICES + j, mask=r < R, other=-1e30,
-                                                      cache_modifier=".cg"))
-                y = tl.zeros((BLOCK_R, D), tl.float32)
-                total = tl.zeros((BLOCK_R,), tl.float32)
-                for j in tl.static_range(N_SLICES):
-                    at = heads * N_SLICES + j
-                    w = tl.exp2(tl.load(m_ptr + at, mask=r < R, other=-1e30, cache_modifier=".cg") - m_all)
-                    total += w * tl.load(l_ptr + at, mask=r < R, other=0.0, cache_modifier=".cg")
-                    y += w[:, None] * tl.load(part_ptr + at[:, None] * D + dd[None, :], mask=(r < R)[:, None],
-                                              other=0.0, cache_modifier=".cg")
-                tl.store(y_ptr + heads[:, None] * D + dd[None, :], (y / total[:, None]).to(dtype),
-                         mask=(r < R)[:, None])
 
     @triton.jit
     def _merge_slices_kernel(part_ptr, m_ptr, l_ptr, out_ptr, N_SLICES: tl.constexpr, BLOCK: tl.constexpr,
                              D: tl.constexpr, PDL: tl.constexpr):
+        # softmax(all) @ V from per-slice (max m, sum l, unnormalised acc); an empty slice has l = 0, m = -1e30
         bh, sl, dd = tl.program_id(0), tl.arange(0, BLOCK), tl.arange(0, D)
         ok = sl < N_SLICES
         if PDL:
@@ -829,17 +779,6 @@ if triton is not None:
         y = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
         tl.store(out_ptr + bh * D + dd, y.to(out_ptr.dtype.element_ty))
 
-    _X_EARLY = not os.environ.get("GPTFAST_ATTN_LATE")
-    _X_MERGE_IN = not os.environ.get("GPTFAST_ATTN_MERGE_KERNEL")
-    _counts: dict[torch.device, Tensor] = {}
-
-    def _group_counters(device: torch.device, n: int) -> Tensor:
-        """n int32 zeros on device for _decode_attention_kernel's head groups, kept between calls (each call
-        leaves them at zero). Allocated on the first calls, which run eagerly before a CUDA graph is recorded."""
-        if device not in _counts or _counts[device].numel() < n:
-            _counts[device] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-        return _counts[device]
-
     def decode_attention_launch(qkv: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor,
                                 k_cache: Tensor, v_cache: Tensor, n_heads: int, n_slices: int | None = None) -> Tensor:
         """qkv (B, (H + 2 KV) D) of the new token; cos, sin (B, D/2) float32; mask (B, S) bool; input_pos (1,);
@@ -850,17 +789,20 @@ if triton is not None:
         # full: the best of the slicings measured by scripts/bench_attention.py (BENCHMARKS.md).
         n_slices = n_slices or DECODE_SLICES or max(1, min(triton.cdiv(S, BLOCK_S), 256 // (B * KV)))
         y = torch.empty(B, H * D, device=qkv.device, dtype=qkv.dtype)
-        part = torch.empty(B * H * n_slices if n_slices > 1 else 1, D, device=qkv.device, dtype=torch.float32)
-        m, l = torch.empty(2, part.shape[0], device=qkv.device, dtype=torch.float32)
+        if n_slices == 1:
+            out = m = l = y
+        else:
+            out = torch.empty(B * H * n_slices, D, device=qkv.device, dtype=torch.float32)
+            m, l = torch.empty(2, B * H * n_slices, device=qkv.device, dtype=torch.float32)
+        pdl = _pdl(qkv)
         _decode_attention_kernel[(B, KV, n_slices)](
-            qkv, cos.contiguous(), sin.contiguous(), mask.view(torch.uint8), input_pos, k_cache, v_cache, y, part, m, l,
-            _group_counters(qkv.device, B * KV), qkv.stride(0), mask.stride(0), k_cache.stride(0), k_cache.stride(1),
-            D ** -0.5 * 1.4426950408889634, H=H, KV=KV, D=D, N_SLICES=n_slices,
-            BLOCK_R=max(16, triton.next_power_of_2(H // KV)), BLOCK_S=BLOCK_S, num_warps=4, EARLY=_X_EARLY,
-            MERGE_IN=_X_MERGE_IN, **_pdl(qkv))
-        if n_slices > 1 and not _X_MERGE_IN:
-            _merge_slices_kernel[(B * H,)](part, m, l, y, N_SLICES=n_slices, BLOCK=triton.next_power_of_2(n_slices), D=D,
-                                           **_pdl(qkv))
+            qkv, cos.contiguous(), sin.contiguous(), mask.view(torch.uint8), input_pos, k_cache, v_cache, out, m, l,
+            qkv.stride(0), mask.stride(0), k_cache.stride(0), k_cache.stride(1), D ** -0.5 * 1.4426950408889634,
+            H=H, KV=KV, D=D, N_SLICES=n_slices, BLOCK_R=max(16, triton.next_power_of_2(H // KV)),
+            BLOCK_S=BLOCK_S, num_warps=4, **pdl)
+        if n_slices > 1:
+            _merge_slices_kernel[(B * H,)](out, m, l, y, N_SLICES=n_slices, BLOCK=triton.next_power_of_2(n_slices), D=D,
+                                           **pdl)
         return y
 
     # One-shot all-reduce of one decode activation over the GPUs of one host (tp.py --all_reduce symm_mem). Each

@@ -48,3 +48,18 @@ def run_cli(*args, timeout=300, input=None, env=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env, input=input)
+
+
+def graphs_made() -> int:
+    """Graphs Dynamo has made in this process so far (torch._dynamo.reset does not clear the count)."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+def assert_compiled(models, graphs_before: int) -> None:
+    """What compile_regions does is there: each model's transformer blocks have a compiled call, and Dynamo made a
+    graph since graphs_before. Without it, a compiled-equals-eager test with compile_regions broken would compare
+    eager with eager and pass."""
+    for model in models:
+        assert all(layer._compiled_call_impl is not None for layer in model.layers), "blocks not compiled"
+    assert graphs_made() > graphs_before, "Dynamo made no graph"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, run_cli, write_hf_checkpoint
+from conftest import ROOT, assert_compiled, graphs_made, run_cli, write_hf_checkpoint
 
 import generate as g
 from tokenizer import StreamDecoder, Tokenizer
@@ -162,8 +162,10 @@ def test_compiled_decode_matches_eager(tmp_path):
     prompts = [[1, 2, 3, 4, 5], [7, 8, 9]]
     eager = g.generate(model, prompts, 12, temperature=0)
     torch._dynamo.reset()
+    before = graphs_made()
     prefill_fn, decode_fn = g.compile_steps(True, True, model)  # CPU inductor, the CLI's --compile path
     assert g.generate(model, prompts, 12, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn) == eager
+    assert_compiled([model], before)
     one = [[4, 4, 4]]  # batch 1 compiles its own decode graph once
     assert g.generate(model, one, 12, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn) == \
         g.generate(model, one, 12, temperature=0)

@@ -98,6 +98,11 @@ def test_loader_errors(tmp_path, stories_dir):
 MODEL_KERNELS_CHECK = """
 import torch, generate as g, kernels as K, model as M
 
+
+def compile_regions(model):  # g.compile_regions, checked: a compiled section below must not run eagerly
+    g.compile_regions(model)
+    assert all(layer._compiled_call_impl is not None for layer in model.layers), "blocks not compiled"
+
 for shape in [(3, 200), (1, 1, 5000)]:  # SwiGLU: widths below and above one block of 1024
     x = torch.randn(shape)
     gate, up = x.chunk(2, dim=-1)
@@ -138,7 +143,7 @@ for quantized, dtype in [(False, torch.float16), (True, torch.float16), (True, t
         compile_too = quantized and dtype == torch.float16
         for compiled in (False, True) if compile_too else (False,):
             if compiled:
-                g.compile_regions(model)
+                compile_regions(model)
             for B in (1, 2):
                 nlaunched.clear()
                 got = model(idx[:B, 5:], torch.tensor([5])).float()
@@ -180,7 +185,7 @@ with torch.no_grad():
     K._use_skinny = K._skinny_fits
     for compiled in (False, True):
         if compiled:
-            g.compile_regions(model)
+            compile_regions(model)
         for T in (5, 8, 9):
             launched.clear()
             got = model(idx[:, :T], torch.arange(T)).float()
@@ -205,7 +210,7 @@ with torch.no_grad():
     K._use_triton = lambda x, rows=1: x.numel() // x.shape[-1] <= rows
     for compiled in (False, True):
         if compiled:
-            g.compile_regions(model)
+            compile_regions(model)
         glaunched.clear()
         got = decode(model)
         assert (got - ref).abs().max() < 0.01 * ref.abs().max(), (compiled, (got - ref).abs().max())
@@ -249,7 +254,7 @@ for H, KV, D, S, slices, B, prompt_len, row_start, compiled in [
     with torch.no_grad():
         ref, ref_caches = run(model, False, B, prompt_len, row_start)
         if compiled:  # the kernel's in-place cache writes survive torch.compile
-            g.compile_regions(model)
+            compile_regions(model)
         got, got_caches = run(model, True, B, prompt_len, row_start)
     tol = (0.05 if compiled else 0.03) * ref.abs().max().item()
     assert (got - ref).abs().max() < tol, (H, KV, D, (got - ref).abs().max())

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 import torch
-from conftest import run_cli, write_hf_checkpoint
+from conftest import assert_compiled, graphs_made, run_cli, write_hf_checkpoint
 
 import generate as g
 import kernels as K
@@ -180,6 +180,7 @@ assert g.generate(q, [prompt], 4, temperature=0)[0] == ref
 eager = list(launches)
 torch._dynamo.reset()
 prefill_fn, decode_fn = g.compile_steps(True, False, q)
+assert all(layer._compiled_call_impl is not None for layer in q.layers), "blocks not compiled"
 assert g.generate(q, [prompt], 4, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn)[0] == ref
 add, gated = not os.environ.get("GPTFAST_NO_FUSED_ADD"), not os.environ.get("GPTFAST_NO_GATED")
 layer = [(False, False), (False, add), (gated, False), (False, add)]  # wqkv, wo + x, w13 + SwiGLU, w2 + h
@@ -375,9 +376,11 @@ def test_int8_compiled_decode_matches_eager(stories_int8):
     prompt = tok.encode("Once upon a time")
     eager = greedy(q, prompt, 40)
     torch._dynamo.reset()
+    before = graphs_made()
     prefill_fn, decode_fn = g.compile_steps(True, False, q)
     q.setup_caches(1, len(prompt) + 40)
     assert g.generate(q, [prompt], 40, temperature=0, prefill_fn=prefill_fn, decode_fn=decode_fn)[0] == eager
+    assert_compiled([q], before)
 
 
 def test_int8_stories_greedy_equals_float(stories_dir, stories_int8):
@@ -467,8 +470,14 @@ def test_gptq_cli(stories_dir, tmp_path):
     assert "calibrating on 4 samples of 64 tokens" in r.stderr and "GPTQ [" in r.stderr
     cfg = json.loads((out / "config.json").read_text())["quantization"]
     assert cfg["method"] == "gptq" and cfg["groupsize"] == 32
+    # the quantized model against the float one (a model of broken weights would still generate 16 tokens)
     model, tok = g.load(out, "cpu", torch.float32)
-    assert len(greedy(model, tok.encode("Once upon a time"), 10)) == 10
+    ref, _ = g.load(stories_dir, "cpu", torch.float32)
+    prompt = tok.encode("Once upon a time")
+    assert greedy(model, prompt, 16) == greedy(ref, prompt, 16)  # measured: all 16 equal
+    ids = prompt + greedy(ref, prompt, 40)
+    a, b = logits(ref, ids), logits(model, ids)
+    assert (a - b).abs().max() < 0.3 * a.abs().max()  # measured 0.197
 
 
 # ------------------------------------------------------------------------------------ bad input

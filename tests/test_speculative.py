@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, run_cli, write_hf_checkpoint
+from conftest import ROOT, assert_compiled, graphs_made, run_cli, write_hf_checkpoint
 
 import generate as g
 from model import CheckpointError
@@ -254,9 +254,11 @@ def test_compiled_matches_eager_without_recompiling(random_pair):
     target, draft, _ = random_pair
     torch._dynamo.reset()
     target.setup_caches(2, 40)
+    before = graphs_made()
     spec = Speculator(draft, k=3, compile=True)
     prompts = [[1, 2, 3, 4, 5], [7, 8, 9]]
     assert spec.generate(target, prompts, 12, temperature=0) == g.generate(target, prompts, 12, temperature=0)
+    assert_compiled([target, draft], before)
     # Other prompt lengths and positions replay the same graphs.
     with torch._dynamo.config.patch(error_on_recompile=True):
         for p in ([[3, 1, 4, 1, 5, 9, 2], [6]], [[2, 7, 1, 8], [5, 5]]):

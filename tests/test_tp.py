@@ -16,8 +16,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 GREEDY = ["--device", "cpu", "--temperature", "0", "--max_new_tokens", "48", "--prompt", "Once upon a time"]
 
 
-def _torchrun(n: int, *args, timeout=120):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+def _torchrun(n: int, *args, timeout=120, env=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([*TORCHRUN, f"--nproc_per_node={n}", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -35,10 +35,15 @@ def single_greedy(stories_dir):
 def test_greedy_text_equals_single_process(stories_dir, single_greedy, n, flags):
     # The published greedy text of stories260K (its README) starts the same way: an independent check.
     assert single_greedy.startswith("Once upon a time, there was a little girl named Lily. She loved to play")
-    # --compile: generate.py's compiled blocks (fullgraph) with the all-reduces inside, on the CPU
-    r = _torchrun(n, "tp.py", "--checkpoint", stories_dir, *GREEDY, *flags)
+    # --compile: generate.py's compiled blocks (fullgraph) with the all-reduces inside, on the CPU; Dynamo prints
+    # the code of each graph it makes (TORCH_LOGS=graph_code), which must hold the all-reduce
+    compiled = "--compile" in flags
+    r = _torchrun(n, "tp.py", "--checkpoint", stories_dir, *GREEDY, *flags,
+                  env={"TORCH_LOGS": "graph_code"} if compiled else None)
     assert r.returncode == 0, r.stderr
     assert r.stdout == single_greedy  # only rank 0 printed
+    assert not compiled or any("[__graph_code]" in line and "_c10d_functional.all_reduce(" in line
+                               for line in r.stderr.splitlines()), "no compiled graph holds an all-reduce"
     assert f"Rank 0 of {n}:" in r.stderr and r.stderr.count("Sample 1:") == 1
 
 

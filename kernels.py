@@ -908,7 +908,8 @@ if triton is not None:
         """model.rms_norm(x, weight, eps) for x and weight of one 16-bit dtype: a program a row."""
         D = x.shape[-1]
         x2, y = x.reshape(-1, D).contiguous(), torch.empty_like(x, memory_format=torch.contiguous_format)
-        BLOCK = triton.next_power_of_2(D)  # 16 values a thread at widths 4096-8192, 8 at 576 (not tuned)
+        BLOCK = triton.next_power_of_2(D)  # 16 values a thread at widths 4096-8192, 8 at 576 (4 or 16 warps at 4096: no
+        # faster end to end, BENCHMARKS.md run 152)
         _rms_norm_kernel[(x2.shape[0],)](x2, weight.contiguous(), y, D, eps, BLOCK=BLOCK,
                                          num_warps=min(16, max(4, BLOCK // 512)), **_pdl(x))
         return y

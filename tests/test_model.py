@@ -169,9 +169,7 @@ for rows, N, Kd, cfg in [(2, 48, 200, (32, 64, 4, 3)), (8, 64, 256, (16, 128, 2,
 
 # An int8 model's prompts of 2-16 rows (batch x tokens) take the skinny kernel (kernels.int8_linear; its rule without
 # the CUDA test, here on the CPU): logits against the dequantize-and-matmul path, eager and compiled (more rows keep
-# that path).
-args = M.ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96, vocab_size=50,
-                   max_seq_len=64)
+# that path). (args: the shape of the RMSNorm section's models)
 model = M.Transformer(args)
 for p in model.parameters():
     torch.nn.init.normal_(p, std=0.5)

@@ -119,34 +119,6 @@ def _pdl(t: Tensor) -> dict:
     return _pdl_devices[t.device.index]
 
 
-# L2 prefetch (Hopper and later): a kernel that reads little memory (decode attention, an RMSNorm) first asks for
-# the bytes of the weights that the product after it reads (cp.async.bulk.prefetch; the copy into L2 goes on by
-# itself, nothing waits for it), so the memory bus streams weights while that kernel runs and the product finds
-# its first PREFETCH_MB in L2. GPTFAST_PREFETCH_MB=0: off.
-PREFETCH_MB = float(os.environ.get("GPTFAST_PREFETCH_MB", 16))
-_prefetch_devices: dict[int, bool] = {}
-
-
-def weights_of(layer: torch.nn.Module | None) -> Tensor | None:
-    """The tensor of a linear layer's weights, quantized or not (quantize.py's Int4Linear keeps its packed)."""
-    return getattr(layer, "packed", getattr(layer, "weight", None))
-
-
-PF_LINES = os.environ.get("GPTFAST_PF_KIND", "line") == "line"  # experiment
-PF_NORM_MB = float(os.environ.get("GPTFAST_PF_NORM_MB", 0))  # experiment
-
-
-def prefetch_args(t: Tensor, weights: Tensor | None, mb: float | None = None) -> dict:
-    """A kernel's prefetch arguments, for x t: the bytes of `weights` to ask for (0: none, and pf_ptr is t)."""
-    if t.is_cuda and t.device.index not in _prefetch_devices:
-        _prefetch_devices[t.device.index] = torch.cuda.get_device_capability(t.device)[0] >= 9
-    n = 0
-    if (weights is not None and weights.is_cuda and _prefetch_devices.get(t.device.index) and weights.is_contiguous()
-            and weights.data_ptr() % 16 == 0):
-        n = min(weights.numel() * weights.element_size(), int((PREFETCH_MB if mb is None else mb) * 2**20)) // 16 * 16
-    return dict(pf_ptr=weights if n else t, pf_bytes=n, PREFETCH=n > 0, LINES=PF_LINES)
-
-
 def _use_triton(x: Tensor, rows: int = 1) -> bool:
     """Whether a Triton GEMV takes x: on CUDA, one activation row (batch-1 decode) or up to `rows`."""
     return USE_TRITON and x.is_cuda and 1 <= x.numel() // x.shape[-1] <= rows
@@ -390,36 +362,6 @@ if triton is not None:
         if w.dtype == tl.int8:
             return _int8_to_float(w)
         return w.to(tl.float32)
-
-    @triton.jit
-    def _prefetch_l2(ptr, nbytes, part, parts, LANES: tl.constexpr, LINES: tl.constexpr):
-        # Part `part` of `parts` of bytes [0, nbytes) at ptr (16-byte aligned, nbytes a multiple of 16) into L2: LANES
-        # requests, one a thread (LANES: the program's threads), which this program does not wait for.
-        if LINES:  # one prefetch.global.L2 a 128-byte line, the program's lines spread over its threads
-            lines = tl.cdiv(tl.cdiv(nbytes, 128), parts)
-            first = part.to(tl.int64) * lines
-            end = tl.minimum(first + lines, tl.cdiv(nbytes, 128))
-            for i in range(first, end, LANES):
-                ln = i + tl.arange(0, LANES)
-                tl.inline_asm_elementwise(
-                    """{
-                    .reg .pred p;
-                    setp.ne.s32 p, $2, 0;
-                    @p prefetch.global.L2 [$1];
-                    mov.b32 $0, 0;
-                    }""", "=r,l,r", [ptr.to(tl.pointer_type(tl.int8)) + ln * 128, (ln < end).to(tl.int32)],
-                    dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            chunk = tl.cdiv(tl.cdiv(nbytes, parts * LANES), 16) * 16
-            start = (part * LANES + tl.arange(0, LANES)).to(tl.int64) * chunk
-            size = tl.minimum(tl.maximum(nbytes - start, 0), chunk).to(tl.int32)
-            tl.inline_asm_elementwise(
-                """{
-                .reg .pred p;
-                setp.ne.s32 p, $2, 0;
-                @p cp.async.bulk.prefetch.L2.global [$1], $2;
-                mov.b32 $0, 0;
-                }""", "=r,l,r", [ptr.to(tl.pointer_type(tl.int8)) + start, size], dtype=tl.int32, is_pure=False, pack=1)
 
     @triton.jit
     def _first_tiles(w_ptr, rows, row_ok, cols, width, N, GATED: tl.constexpr):
@@ -761,13 +703,10 @@ if triton is not None:
     # CUDA graphs need; the position is read on the device).
     @triton.jit
     def _decode_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, mask_ptr, pos_ptr, k_ptr, v_ptr, out_ptr, m_ptr, l_ptr,
-                                 stride_qkv, stride_mask, stride_kb, stride_kh, scale, pf_ptr, pf_bytes,
+                                 stride_qkv, stride_mask, stride_kb, stride_kh, scale,
                                  H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, N_SLICES: tl.constexpr,
-                                 BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, PREFETCH: tl.constexpr,
-                                 LANES: tl.constexpr, LINES: tl.constexpr, PDL: tl.constexpr):
+                                 BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
         b, kvh, sl = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        if PREFETCH:  # wo's weights (prefetch_args)
-            _prefetch_l2(pf_ptr, pf_bytes, (b * KV + kvh) * N_SLICES + sl, tl.num_programs(0) * KV * N_SLICES, LANES, LINES)
         if PDL:
             tl.extra.cuda.gdc_wait()  # qkv is the previous kernel's output
         R: tl.constexpr = H // KV
@@ -841,11 +780,9 @@ if triton is not None:
         tl.store(out_ptr + bh * D + dd, y.to(out_ptr.dtype.element_ty))
 
     def decode_attention_launch(qkv: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor,
-                                k_cache: Tensor, v_cache: Tensor, n_heads: int, n_slices: int | None = None,
-                                prefetch: Tensor | None = None) -> Tensor:
+                                k_cache: Tensor, v_cache: Tensor, n_heads: int, n_slices: int | None = None) -> Tensor:
         """qkv (B, (H + 2 KV) D) of the new token; cos, sin (B, D/2) float32; mask (B, S) bool; input_pos (1,);
-        caches (B_cache >= B, KV, S, D), updated in place at input_pos; prefetch: the next product's weights, into
-        L2 (prefetch_args). Returns the attention output (B, H D)."""
+        caches (B_cache >= B, KV, S, D), updated in place at input_pos. Returns the attention output (B, H D)."""
         B, (_, KV, S, D) = qkv.shape[0], k_cache.shape
         H, BLOCK_S = n_heads, 64
         # About 256 programs in all (two per SM of an H100), each slice at least a tile when the cache is
@@ -862,7 +799,7 @@ if triton is not None:
             qkv, cos.contiguous(), sin.contiguous(), mask.view(torch.uint8), input_pos, k_cache, v_cache, out, m, l,
             qkv.stride(0), mask.stride(0), k_cache.stride(0), k_cache.stride(1), D ** -0.5 * 1.4426950408889634,
             H=H, KV=KV, D=D, N_SLICES=n_slices, BLOCK_R=max(16, triton.next_power_of_2(H // KV)),
-            BLOCK_S=BLOCK_S, num_warps=4, LANES=4 * 32, **prefetch_args(qkv, prefetch), **pdl)
+            BLOCK_S=BLOCK_S, num_warps=4, **pdl)
         if n_slices > 1:
             _merge_slices_kernel[(B * H,)](out, m, l, y, N_SLICES=n_slices, BLOCK=triton.next_power_of_2(n_slices), D=D,
                                            **pdl)
@@ -951,15 +888,12 @@ if triton is not None:
         tl.store(y_ptr + row * I + cols, (gate / (1.0 + tl.exp(-gate)) * up).to(y_ptr.dtype.element_ty), mask=cols < I)
 
     @triton.jit
-    def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, D, eps, pf_ptr, pf_bytes, BLOCK: tl.constexpr, PREFETCH: tl.constexpr,
-                         LANES: tl.constexpr, LINES: tl.constexpr, PDL: tl.constexpr):
+    def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, D, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
         # Row program_id(0) of x, w * (x / rms(x)), in one pass with the row in registers, rounded as model.rms_norm
         # rounds: the normalised row in float32, rounded to x's dtype, times w, rounded again. Inductor's kernel
         # for one row wider than 1024 loops over it twice, a dependent load an iteration (BENCHMARKS.md).
         row, d = tl.program_id(0).to(tl.int64), tl.arange(0, BLOCK)
         ok = d < D
-        if PREFETCH:  # the next product's weights (prefetch_args)
-            _prefetch_l2(pf_ptr, pf_bytes, row, tl.num_programs(0), LANES, LINES)
         w = tl.load(w_ptr + d, mask=ok, other=0.0).to(tl.float32)  # independent of the kernel before
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is its output
@@ -970,16 +904,14 @@ if triton is not None:
         y = (x * r).to(y_ptr.dtype.element_ty).to(tl.float32) * w
         tl.store(y_ptr + row * D + d, y.to(y_ptr.dtype.element_ty), mask=ok)
 
-    def rms_norm_launch(x: Tensor, weight: Tensor, eps: float, prefetch: Tensor | None = None) -> Tensor:
-        """model.rms_norm(x, weight, eps) for x and weight of one 16-bit dtype: a program a row; prefetch: the next
-        product's weights, into L2 (prefetch_args)."""
+    def rms_norm_launch(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        """model.rms_norm(x, weight, eps) for x and weight of one 16-bit dtype: a program a row."""
         D = x.shape[-1]
         x2, y = x.reshape(-1, D).contiguous(), torch.empty_like(x, memory_format=torch.contiguous_format)
         BLOCK = triton.next_power_of_2(D)  # 16 values a thread at widths 4096-8192, 8 at 576 (4 or 16 warps at 4096: no
         # faster end to end, BENCHMARKS.md run 152)
-        warps = min(16, max(4, BLOCK // 512))
-        _rms_norm_kernel[(x2.shape[0],)](x2, weight.contiguous(), y, D, eps, BLOCK=BLOCK, num_warps=warps,
-                                         LANES=32 * warps, **prefetch_args(x, prefetch, PF_NORM_MB), **_pdl(x))
+        _rms_norm_kernel[(x2.shape[0],)](x2, weight.contiguous(), y, D, eps, BLOCK=BLOCK,
+                                         num_warps=min(16, max(4, BLOCK // 512)), **_pdl(x))
         return y
 
     def swiglu_launch(gate_up: Tensor) -> Tensor:
@@ -1043,19 +975,19 @@ if triton is not None:
 
     @torch.library.custom_op("gptfast::decode_attention", mutates_args=("k_cache", "v_cache"))
     def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor,
-                         k_cache: Tensor, v_cache: Tensor, n_heads: int, prefetch: Tensor | None = None) -> Tensor:
-        return decode_attention_launch(qkv, cos, sin, mask, input_pos, k_cache, v_cache, n_heads, prefetch=prefetch)
+                         k_cache: Tensor, v_cache: Tensor, n_heads: int) -> Tensor:
+        return decode_attention_launch(qkv, cos, sin, mask, input_pos, k_cache, v_cache, n_heads)
 
     @decode_attention.register_fake
-    def _(qkv, cos, sin, mask, input_pos, k_cache, v_cache, n_heads, prefetch=None):
+    def _(qkv, cos, sin, mask, input_pos, k_cache, v_cache, n_heads):
         return qkv.new_empty(qkv.shape[0], n_heads * k_cache.shape[-1])
 
     @torch.library.custom_op("gptfast::rms_norm", mutates_args=())
-    def rms_norm_op(x: Tensor, weight: Tensor, eps: float, prefetch: Tensor | None = None) -> Tensor:
-        return rms_norm_launch(x, weight, eps, prefetch)
+    def rms_norm_op(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        return rms_norm_launch(x, weight, eps)
 
     @rms_norm_op.register_fake
-    def _(x, weight, eps, prefetch=None):
+    def _(x, weight, eps):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.custom_op("gptfast::swiglu", mutates_args=())

@@ -173,8 +173,7 @@ class Attention(nn.Module):
         qkv = self.wqkv(x)
         if T == 1 and kernels.use_decode_attention(qkv, self.kv_cache.k):  # on CUDA, all of the below in one kernel
             y = torch.ops.gptfast.decode_attention(qkv.view(B, -1), cos.view(B, -1), sin.view(B, -1),
-                                                   mask.view(B, -1), input_pos, self.kv_cache.k, self.kv_cache.v, H,
-                                                   kernels.weights_of(self.wo))  # into L2 while attention runs
+                                                   mask.view(B, -1), input_pos, self.kv_cache.k, self.kv_cache.v, H)
             return self.wo(y.view(B, 1, H * D), residual=residual)
         q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
         q = apply_rope(q.view(B, T, H, D), cos, sin)
@@ -219,7 +218,7 @@ class RMSNorm(nn.Module):
         makes two over a row wider than 1024: 7B int8 decode 344.2 -> 350.5 tok/s and int4 413.2 -> 417.3-417.7 on
         an H100 (BENCHMARKS.md run 145)."""
         if kernels.use_row_norm(x, self.weight) and not (isinstance(into, nn.Linear) and x.shape[0] == 1):
-            return torch.ops.gptfast.rms_norm(x, self.weight, self.eps, kernels.weights_of(into))  # into L2
+            return torch.ops.gptfast.rms_norm(x, self.weight, self.eps)
         return rms_norm(x, self.weight, self.eps)
 
 

@@ -488,48 +488,32 @@ if triton is not None:
 
     @triton.jit
     def _int8_f16_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                              GATED: tl.constexpr, RESIDUAL: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+                              GATED: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr):
         # _gemv_kernel's int8 product (GATED, RESIDUAL and the tiles alike) in float16 pairs: w read as int32
         # words (K / 4 a row), x as words of two bfloat16; a lane's pair of sums stays float16 across the loop
-        # and is summed in float32 after it. STAGES > 1: the weight tiles are loaded in a loop that Triton's
-        # pipeliner stages through shared memory (cp.async, STAGES - 1 tiles in flight without holding registers)
-        # instead of _gemv_kernel's next tile in registers (the first then loads after the wait, not before).
+        # and is summed in float32 after it.
         KT: tl.constexpr = BLOCK_K // 4  # words a tile row
         KW = K // 4
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         k = tl.arange(0, KT)
+        w_at, u_at, w, u = _first_tiles(w_ptr, rows, row_ok, k, KW, N, GATED)
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # x is its output
         acc = tl.zeros((BLOCK_N, KT), dtype=tl.int32)  # f16x2 zeros
         acc_u = tl.zeros((BLOCK_N, KT), dtype=tl.int32)
-        if STAGES > 1:
-            w_at = w_ptr + rows[:, None] * KW + k[None, :]
-            if PDL:
-                tl.extra.cuda.gdc_wait()  # x is its output
-            for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-                k_ok = k0 // 4 + k < KW
-                x01 = _x_to_f16x2(tl.load(x_ptr + k0 // 2 + 2 * k, mask=k_ok, other=0))[None, :]
-                x23 = _x_to_f16x2(tl.load(x_ptr + k0 // 2 + 2 * k + 1, mask=k_ok, other=0))[None, :]
-                w = tl.load(w_at + k0 // 4, mask=row_ok[:, None] & k_ok[None, :], other=0)
-                acc = _dot4_f16x2(w, x01, x23, acc)
-                if GATED:
-                    u = tl.load(w_at + N * KW + k0 // 4, mask=row_ok[:, None] & k_ok[None, :], other=0)
-                    acc_u = _dot4_f16x2(u, x01, x23, acc_u)
-        else:
-            w_at, u_at, w, u = _first_tiles(w_ptr, rows, row_ok, k, KW, N, GATED)
-            if PDL:
-                tl.extra.cuda.gdc_wait()  # x is its output
-            for k0 in range(0, K, BLOCK_K):
-                k_ok = k0 // 4 + k < KW
-                x01 = _x_to_f16x2(tl.load(x_ptr + k0 // 2 + 2 * k, mask=k_ok, other=0))[None, :]
-                x23 = _x_to_f16x2(tl.load(x_ptr + k0 // 2 + 2 * k + 1, mask=k_ok, other=0))[None, :]
-                next_ok = row_ok[:, None] & (k0 // 4 + KT + k[None, :] < KW)
-                w_next = tl.load(w_at + k0 // 4 + KT, mask=next_ok, other=0)
-                acc = _dot4_f16x2(w, x01, x23, acc)
-                w = w_next
-                if GATED:
-                    u_next = tl.load(u_at + k0 // 4 + KT, mask=next_ok, other=0)
-                    acc_u = _dot4_f16x2(u, x01, x23, acc_u)
-                    u = u_next
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = k0 // 4 + k < KW
+            x01 = _x_to_f16x2(tl.load(x_ptr + k0 // 2 + 2 * k, mask=k_ok, other=0))[None, :]
+            x23 = _x_to_f16x2(tl.load(x_ptr + k0 // 2 + 2 * k + 1, mask=k_ok, other=0))[None, :]
+            next_ok = row_ok[:, None] & (k0 // 4 + KT + k[None, :] < KW)
+            w_next = tl.load(w_at + k0 // 4 + KT, mask=next_ok, other=0)
+            acc = _dot4_f16x2(w, x01, x23, acc)
+            w = w_next
+            if GATED:
+                u_next = tl.load(u_at + k0 // 4 + KT, mask=next_ok, other=0)
+                acc_u = _dot4_f16x2(u, x01, x23, acc_u)
+                u = u_next
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         y = tl.sum(_f16x2_sum(acc), axis=1) * 16.0  # the weights were w / 16; inf or NaN if a sum overflowed
@@ -636,7 +620,7 @@ if triton is not None:
         return y
 
     def int8_f16_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, BLOCK_N: int, BLOCK_K: int, num_warps: int,
-                             gated: bool = False, residual: Tensor | None = None, stages: int = 0) -> Tensor:
+                             gated: bool = False, residual: Tensor | None = None) -> Tensor:
         """gemv_launch's int8 product through _int8_f16_gemv_kernel: x bfloat16 (K,), K % 4 == 0, x and weight
         4-byte aligned (f16_fits)."""
         assert not (gated and weight.shape[0] % 2), "a gated weight stacks the gate and up halves"
@@ -645,8 +629,8 @@ if triton is not None:
         y = torch.empty(N, device=x.device, dtype=x.dtype)
         _int8_f16_gemv_kernel[(triton.cdiv(N, BLOCK_N),)](
             x.view(torch.int32), weight.view(torch.int32), scales, x if residual is None else residual, y, N, K,
-            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GATED=gated, RESIDUAL=residual is not None, STAGES=stages,
-            num_warps=num_warps, **_pdl(x))
+            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GATED=gated, RESIDUAL=residual is not None, num_warps=num_warps,
+            **_pdl(x))
         return y
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,

@@ -12,7 +12,9 @@ int8 weights, dequantize + cuBLAS against the same kernel taking int8 tiles and 
 kernels.py's float32 GEMV (int8) and its float16-pair GEMV (int8_f16; w13 with the SwiGLU: int8_f16_gated) over grids
 of launch shapes; for int4 (groups of 32, 64, 128) PyTorch's tinygemm
 (aten._weight_int4pack_mm) and kernels.py's int4 GEMV over a grid of launch shapes, and at 2048 rows (prefill)
-tinygemm against the PyTorch path (dequantize, then cuBLAS). The shapes are one layer of --shape (one of
+tinygemm against the PyTorch path (dequantize, then cuBLAS); floor: the fastest of a few launch shapes of a kernel
+that only reads as many bytes as each kind's product (bf16, int8, int4 at each group size), the time no GEMV of
+those bytes can beat (BENCHMARKS.md runs 158-162). The shapes are one layer of --shape (one of
 bench.py's) as one of --tp tensor-parallel ranks holds it. Each timing replays a CUDA graph of one product per
 copy of the weights (copies enough to exceed the 50 MB L2), so the kernels' starts and ends overlap as in a
 decode step. Prints the variants per shape, best first, and the launch shape of each kind that is best over the
@@ -29,6 +31,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -65,6 +69,35 @@ GRID4 = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # the kernel wants BLOCK_K 
                             (8, 4096, 4), (16, 1024, 1), (16, 2048, 2))]
 
 
+@triton.jit
+def _read_kernel(w_ptr, y_ptr, NW, CHUNK: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    # XOR of the CHUNK int32 words of this program's contiguous chunk (the next tile loaded before the current one
+    # is used, the first before the PDL wait, as the GEMVs do): reads the bytes and computes nothing else.
+    base = tl.program_id(0).to(tl.int64) * CHUNK
+    offs = tl.arange(0, BLOCK)
+    w = tl.load(w_ptr + base + offs, mask=base + offs < NW, other=0)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+    acc = tl.zeros((BLOCK,), dtype=tl.int32)
+    for i in range(0, CHUNK, BLOCK):
+        at = base + i + BLOCK + offs
+        nxt = tl.load(w_ptr + at, mask=(i + BLOCK + offs < CHUNK) & (at < NW), other=0)
+        acc ^= w
+        w = nxt
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    tl.store(y_ptr + tl.program_id(0), tl.xor_sum(acc, axis=0))
+
+
+def read_launch(w32: torch.Tensor, CHUNK: int, BLOCK: int, num_warps: int) -> torch.Tensor:
+    """The XOR of each CHUNK words of w32 (int32): a read of its bytes, nothing else (kind floor)."""
+    y = torch.empty(triton.cdiv(w32.numel(), CHUNK), device=w32.device, dtype=torch.int32)
+    _read_kernel[(y.numel(),)](w32, y, w32.numel(), CHUNK=CHUNK, BLOCK=BLOCK, num_warps=num_warps, **K._pdl(w32))
+    return y
+
+
+GRID_READ = [(c, b, nw) for c in (2**12, 2**13, 2**14, 2**15) for b in (512, 1024, 2048) for nw in (2, 4)
+             if b <= c and b >= 128 * nw]
 BLOCK = ("wqkv", "wo", "w13", "w2")
 # The products whose launch shape a kind sets in the model (bf16: kernels.linear's gemv layers); other kinds: BLOCK.
 USES = {"bf16": ("wo", "w2"), "int8_f16": ("wqkv", "wo", "w2"), "int8_f16_gated": ("w13",)}
@@ -77,7 +110,7 @@ def label(cfg: dict) -> str:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--kinds", default="bf16,int8_f16,int4", help="comma-separated: bf16, skinny, skinny_int8, int8, "
-                   "int8_f16, int4")
+                   "int8_f16, int4, floor")
     p.add_argument("--shape", default="llama-2-7b", choices=[k for k in SHAPES if k != "tiny"])
     p.add_argument("--tp", type=int, default=1, help="the shapes one of this many tensor-parallel ranks holds")
     p.add_argument("--rows", type=int, default=8, help="activation rows for kind skinny (batched decode)")
@@ -86,8 +119,8 @@ def main():
     p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes")
     a = p.parse_args()
     kinds = a.kinds.split(",")
-    if not set(kinds) <= {"bf16", "skinny", "skinny_int8", "int8", "int8_f16", "int4"}:
-        p.error(f"--kinds {a.kinds}: choose from bf16, skinny, skinny_int8, int8, int8_f16, int4")
+    if not set(kinds) <= {"bf16", "skinny", "skinny_int8", "int8", "int8_f16", "int4", "floor"}:
+        p.error(f"--kinds {a.kinds}: choose from bf16, skinny, skinny_int8, int8, int8_f16, int4, floor")
     dev, bf16 = "cuda", torch.bfloat16
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}, {a.shape}"
           f"{f', one of {a.tp} tensor-parallel ranks' if a.tp > 1 else ''}", flush=True)
@@ -201,6 +234,16 @@ def main():
                     add(name, "int4 g32 prefill", "PyTorch path (dequantize, cuBLAS)",
                         lambda: K.int4_linear(xp, *q4[0], G), nb4, K.int4_linear(xp, *q4[0], G), refp, 1)
                 del q4
+        if "floor" in kinds and name != "output":  # as many bytes as each kind's product reads, read and nothing else
+            for what, nb in (("bf16", nb16), ("int8", n * k + 2 * n),
+                             *((f"int4 g{G}", n * k // 2 + 4 * n * (k // G)) for G in (32, 64, 128))):
+                bufs = [torch.empty(-(-nb // 16) * 4, device=dev, dtype=torch.int32) for _ in range(
+                    max(2, math.ceil(256e6 / nb)))]
+                for c, b, nw in GRID_READ:
+                    sec = time_graph(lambda: [read_launch(w, c, b, nw) for w in bufs]) / len(bufs)
+                    rows.append(dict(shape=name, kind=f"floor {what}", variant=f"read chunk={c},block={b},warps={nw}",
+                                     us=sec * 1e6, gb_s=nb / sec / 1e9, rel_err=0.0))
+                del bufs
         for kind in sorted({r["kind"] for r in rows if r["shape"] == name}):
             mine = sorted((r for r in rows if r["shape"] == name and r["kind"] == kind), key=lambda r: r["us"])
             print(f"\n{name} ({n}x{k}) {kind}: " + "; ".join(
@@ -213,10 +256,15 @@ def main():
                 print(f"   ERROR: {len(bad)} variants off by > 2e-2, e.g. {bad[0]}", flush=True)
         del ws
         torch.cuda.empty_cache()
+    floors = sorted({r["kind"] for r in rows if r["kind"].startswith("floor ")})
+    if floors:
+        print("\nfloor: the fastest read of each product's bytes, sum over " + ", ".join(BLOCK) + ":",
+              "; ".join(f"{f[6:]} {sum(min(r['us'] for r in rows if r['kind'] == f and r['shape'] == sh) for sh in BLOCK):.1f} us"
+                        for f in floors), flush=True)
     print("\nbest launch shapes over the products each kind runs in the model (bf16: wo and w2; int8_f16: wqkv, wo, "
           "w2; int8_f16_gated: w13; the others: wqkv, wo, w13, w2), sum of us:")
     best = {}
-    for kind in sorted({r["kind"] for r in rows if r["kind"] != "int4 g32 prefill"}):
+    for kind in sorted({r["kind"] for r in rows if r["kind"] != "int4 g32 prefill" and not r["kind"].startswith("floor")}):
         ranked, shapes = best_configs(rows, kind, 5)
         print(f"{kind} ({shapes} shapes):", "; ".join(f"{label(cfg)}: {t:.1f} us" for t, cfg in ranked), flush=True)
         for base in ("tinygemm", "cuBLAS", "dequantize + cuBLAS", "inductor + residual"):

@@ -1,6 +1,7 @@
-"""scripts/bench.py runs on CPU with a tiny shape and fails clearly without a GPU."""
+"""scripts/bench.py runs on CPU with a tiny shape and fails clearly without a GPU; bench_gemv.py's floor kernel."""
 import json
 
+import pytest
 import torch
 from conftest import run_cli
 
@@ -68,3 +69,28 @@ def test_bench_compiled_with_warm_start(tmp_path):
     result = json.loads(out.read_text())
     assert 0 < result["warm_start_s"] < result["warm_start_exit_s"] and result["rows"][0]["tok_s"] > 0  # nan: not > 0
     assert "probe: imports" in r.stderr and "inductor graph cache" in r.stderr
+
+
+FLOOR_CHECK = """
+import sys, torch
+sys.path.insert(0, "scripts")
+import bench_gemv as B
+w = torch.randint(-2**31, 2**31 - 1, (5000,), dtype=torch.int32)
+want = 0
+for v in w.tolist():
+    want ^= v
+for chunk, block in ((1024, 256), (4096, 512), (2048, 2048)):  # a partial last chunk, a chunk of one tile
+    got = 0
+    for v in B.read_launch(w, chunk, block, 1).tolist():
+        got ^= v
+    assert got == want, (chunk, block)
+print("ok")
+"""
+
+
+def test_bench_gemv_floor_reads_every_word_once():
+    """bench_gemv.py --kinds floor times _read_kernel as the floor of a product's bytes: in Triton's CPU interpreter,
+    its chunks XOR every word exactly once (a word skipped or read twice changes the XOR of random words)."""
+    pytest.importorskip("triton")
+    r = run_cli("-c", FLOOR_CHECK, env={"TRITON_INTERPRET": "1"})
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

@@ -126,6 +126,7 @@ def _use_triton(x: Tensor, rows: int = 1) -> bool:
 
 # GPTFAST_INT8_F32=1 keeps one-row int8 products in _gemv_kernel's float32 arithmetic instead of float16 pairs.
 USE_INT8_F16 = USE_TRITON and not os.environ.get("GPTFAST_INT8_F32") and not os.environ.get("TRITON_INTERPRET")
+USE_INT4_F16 = USE_TRITON and os.environ.get("GPTFAST_INT4_F16") == "1"  # experiment
 
 
 _f16x2_devices: dict[int, bool] = {}
@@ -605,6 +606,133 @@ if triton is not None:
             y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
+    # int4 in float16 pairs (experiment): a word's 8 nibbles become four f16x2 pairs (q - 8) / 16 with one LOP3 and
+    # one f16x2 multiply-add a pair, which four f16x2 multiply-adds accumulate against pairs of x, and a group's words
+    # are summed in float16 before one conversion to float32 a group (1.6 instructions a weight of arithmetic,
+    # against about 3 for _int4_gemv_kernel).
+    @triton.jit
+    def _nibbles_dot_f16x2(w, x0, x1, x2, x3):  # the f16x2 pair of sums of w's (q - 8) / 16 times x
+        # bits 0-3 and 16-19 of a word under 0x6400 read as the float16 pair 1024 + q, bits 4-7 and 20-23 as
+        # 1024 + 16 q; (1024 + q) / 16 - 64.5 and (1024 + 16 q) / 256 - 4.5 are (q - 8) / 16, exactly. In pack_int4's
+        # order those pairs meet x at columns (c, c + 2W), (c + G/2, c + 2W + G/2), then, 8 bits on, (c + W, c + 3W)
+        # and (c + W + G/2, c + 3W + G/2): x0..x3, each an f16x2 word (low half first).
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .b32 s, a, b, c, d, m, k1, k2, n1, n2, t;
+            mov.b32 m, 0x64006400;
+            mov.b32 k1, 0x2C002C00;
+            mov.b32 n1, 0xD408D408;
+            mov.b32 k2, 0x1C001C00;
+            mov.b32 n2, 0xC480C480;
+            shr.u32 s, $1, 8;
+            lop3.b32 a, $1, 0x000F000F, m, 0xea;
+            lop3.b32 b, $1, 0x00F000F0, m, 0xea;
+            lop3.b32 c, s, 0x000F000F, m, 0xea;
+            lop3.b32 d, s, 0x00F000F0, m, 0xea;
+            fma.rn.f16x2 a, a, k1, n1;
+            fma.rn.f16x2 b, b, k2, n2;
+            fma.rn.f16x2 c, c, k1, n1;
+            fma.rn.f16x2 d, d, k2, n2;
+            mul.rn.f16x2 t, a, $2;
+            fma.rn.f16x2 t, b, $3, t;
+            fma.rn.f16x2 t, c, $4, t;
+            fma.rn.f16x2 $0, d, $5, t;
+            }""", "=r,r,r,r,r,r", [w, x0, x1, x2, x3], dtype=tl.int32, is_pure=True, pack=1)
+
+    @triton.jit
+    def _f16x2_pair(lo, hi):  # two float32 -> one f16x2 word, lo in the low half
+        return tl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,r,r", [lo, hi], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+
+    @triton.jit
+    def _f16x2_add(a, b):
+        return tl.inline_asm_elementwise("add.rn.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
+                                         pack=1)
+
+    @triton.jit
+    def _int4_rows_f32(x_ptr, w_ptr, s_ptr, z_ptr, rows, row_ok, K, KW, G: tl.constexpr, ROWS: tl.constexpr):
+        # sum over k of dequantized w[rows, k] x[k] in float32, a group at a time: the f16x2 kernel's overflow fallback
+        W: tl.constexpr = G // 8
+        k = tl.arange(0, W)
+        acc = tl.zeros((ROWS,), dtype=tl.float32)
+        for g in range(0, K // G):
+            w = tl.load(w_ptr + rows[:, None] * KW + g * W + k[None, :], mask=row_ok[:, None], other=0)
+            p = tl.zeros((ROWS, W), dtype=tl.float32)
+            sx = tl.zeros((W,), dtype=tl.float32)
+            for i in tl.static_range(4):
+                x_lo = tl.load(x_ptr + g * G + k + i * W).to(tl.float32)
+                x_hi = tl.load(x_ptr + g * G + k + i * W + G // 2).to(tl.float32)
+                p += (((w >> (8 * i)) & 15) - 8).to(tl.float32) * x_lo[None, :]
+                p += (((w >> (8 * i + 4)) & 15) - 8).to(tl.float32) * x_hi[None, :]
+                sx += x_lo + x_hi
+            s = tl.load(s_ptr + rows * (K // G) + g, mask=row_ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + rows * (K // G) + g, mask=row_ok, other=0.0).to(tl.float32)
+            acc += s * tl.sum(p, axis=1) + z * tl.sum(sx, axis=0)
+        return acc
+
+    @triton.jit
+    def _int4_f16_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, r_ptr, y_ptr, M, N, K, KW, G: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr,
+                              RESIDUAL: tl.constexpr, PDL: tl.constexpr):
+        # _int4_gemv_kernel's product (rows of x, GATED, RESIDUAL alike) in float16 pairs (_nibbles_dot_f16x2); if a
+        # float16 sum overflowed, the program sums its rows again in float32 (_int4_rows_f32).
+        NG: tl.constexpr = BLOCK_K // G  # groups a tile
+        W: tl.constexpr = G // 8  # words a group
+        KT: tl.constexpr = BLOCK_K // 8  # words a tile row
+        R: tl.constexpr = 2 if GATED else 1  # weight rows an output row
+        m, tile = tl.program_id(0) % M, tl.program_id(0) // M
+        x_ptr += m * K
+        y_ptr += m * N
+        r_ptr += m * N
+        j = tl.arange(0, R * BLOCK_N)
+        out_rows = tile * BLOCK_N + j // R
+        row_ok = out_rows < N
+        rows = out_rows + (j % R) * N  # the weight row of tile row j
+        k = tl.arange(0, KT)
+        col = (k // W) * G + k % W  # column of word k's byte 0, low nibble; byte i: + i * W, high: + G / 2
+        w_at = w_ptr + rows[:, None] * KW + k[None, :]
+        w = tl.load(w_at, mask=row_ok[:, None] & (k < KW)[None, :], other=0)  # independent of the kernel before
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # x is its output
+        acc = tl.zeros((R * BLOCK_N, NG), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = k0 // 8 + k < KW
+            w_next = tl.load(w_at + (k0 + BLOCK_K) // 8, mask=row_ok[:, None] & (k0 // 8 + KT + k < KW)[None, :],
+                             other=0)
+            xa = x_ptr + k0 + col
+            x0 = tl.load(xa, mask=k_ok, other=0.0).to(tl.float32)
+            x1 = tl.load(xa + 2 * W, mask=k_ok, other=0.0).to(tl.float32)
+            x2 = tl.load(xa + G // 2, mask=k_ok, other=0.0).to(tl.float32)
+            x3 = tl.load(xa + 2 * W + G // 2, mask=k_ok, other=0.0).to(tl.float32)
+            x4 = tl.load(xa + W, mask=k_ok, other=0.0).to(tl.float32)
+            x5 = tl.load(xa + 3 * W, mask=k_ok, other=0.0).to(tl.float32)
+            x6 = tl.load(xa + W + G // 2, mask=k_ok, other=0.0).to(tl.float32)
+            x7 = tl.load(xa + 3 * W + G // 2, mask=k_ok, other=0.0).to(tl.float32)
+            p = _nibbles_dot_f16x2(w, _f16x2_pair(x0, x1)[None, :], _f16x2_pair(x2, x3)[None, :],
+                                   _f16x2_pair(x4, x5)[None, :], _f16x2_pair(x6, x7)[None, :])
+            gp = tl.reduce(tl.reshape(p, (R * BLOCK_N, NG, W)), 2, _f16x2_add)  # a group's words, in float16
+            sx = tl.sum(tl.reshape(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)), (NG, W)), axis=1)[None, :]
+            groups = k0 // G + tl.arange(0, NG)
+            sg = rows[:, None] * (K // G) + groups[None, :]
+            sg_ok = row_ok[:, None] & (groups < K // G)[None, :]
+            s = tl.load(s_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + sg, mask=sg_ok, other=0.0).to(tl.float32)
+            acc += s * (16.0 * _f16x2_sum(gp)) + z * sx
+            w = w_next
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+        y = tl.sum(acc, axis=1)
+        if tl.max(((y - y) != 0).to(tl.int32), axis=0) > 0:  # a float16 sum overflowed: again in float32
+            y = _int4_rows_f32(x_ptr, w_ptr, s_ptr, z_ptr, rows, row_ok, K, KW, G, R * BLOCK_N)
+        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        if GATED:
+            gate, up = tl.split(tl.reshape(y, (BLOCK_N, 2)))
+            y = gate / (1.0 + tl.exp(-gate)) * up
+        if RESIDUAL:
+            r = tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+
     def gemv_launch(x: Tensor, weight: Tensor, scales: Tensor | None, BLOCK_N: int, BLOCK_K: int, num_warps: int,
                     gated: bool = False, residual: Tensor | None = None) -> Tensor:
         """One row x (K,) -> (N,), weight int8 with row scales or 16-bit (scales None); gated: the SwiGLU of the
@@ -635,9 +763,10 @@ if triton is not None:
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
                          BLOCK_N: int, BLOCK_K: int, num_warps: int, gated: bool = False,
-                         residual: Tensor | None = None) -> Tensor:
+                         residual: Tensor | None = None, f16: bool | None = None) -> Tensor:
         """x (K,) or (M, K) -> (N,) or (M, N); gated: the SwiGLU of the two halves (N / 2 columns), with tiles of
-        BLOCK_N / 2 rows of each (the registers of BLOCK_N rows); residual (x's rows, N): added."""
+        BLOCK_N / 2 rows of each (the registers of BLOCK_N rows); residual (x's rows, N): added; f16: through
+        _int4_f16_gemv_kernel (None: where GPTFAST_INT4_F16=1 and x is bfloat16)."""
         assert not (gated and weight.shape[0] % 2), "a gated weight stacks the gate and up halves"
         assert weight.is_contiguous() and scales.is_contiguous() and zeros.is_contiguous(), "rows of K // 8 words"
         N, K = weight.shape[0] // (2 if gated else 1), 2 * weight.shape[1]
@@ -645,6 +774,12 @@ if triton is not None:
         assert residual is None or (residual.numel() == M * N and residual.dtype == x.dtype), "residual: (M, N), x's dtype"
         BLOCK_N = max(1, BLOCK_N // 2) if gated else BLOCK_N
         y = torch.empty(*x.shape[:-1], N, device=x.device, dtype=x.dtype)
+        if USE_INT4_F16 and x.dtype == torch.bfloat16 if f16 is None else f16:
+            _int4_f16_gemv_kernel[(M * triton.cdiv(N, BLOCK_N),)](
+                x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, M, N, K, K // 8,
+                G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
+                RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
+            return y
         _int4_gemv_kernel[(M * triton.cdiv(N, BLOCK_N),)](
             x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, M, N, K, K // 8,
             0x43800000, 0x41800000, G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,

@@ -98,6 +98,8 @@ def read_launch(w32: torch.Tensor, CHUNK: int, BLOCK: int, num_warps: int) -> to
 
 GRID_READ = [(c, b, nw) for c in (2**12, 2**13, 2**14, 2**15) for b in (512, 1024, 2048) for nw in (2, 4)
              if b <= c and b >= 128 * nw]
+GRID4F = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # more rows share x's conversion in the float16-pair kernel
+          for bn, bk, nw in ((8, 4096, 4), (16, 4096, 8), (16, 2048, 4), (8, 8192, 8), (32, 2048, 8))]
 BLOCK = ("wqkv", "wo", "w13", "w2")
 # The products whose launch shape a kind sets in the model (bf16: kernels.linear's gemv layers); other kinds: BLOCK.
 USES = {"bf16": ("wo", "w2"), "int8_f16": ("wqkv", "wo", "w2"), "int8_f16_gated": ("w13",)}
@@ -119,8 +121,8 @@ def main():
     p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes")
     a = p.parse_args()
     kinds = a.kinds.split(",")
-    if not set(kinds) <= {"bf16", "skinny", "skinny_int8", "int8", "int8_f16", "int4", "floor"}:
-        p.error(f"--kinds {a.kinds}: choose from bf16, skinny, skinny_int8, int8, int8_f16, int4, floor")
+    if not set(kinds) <= {"bf16", "skinny", "skinny_int8", "int8", "int8_f16", "int4", "int4_f16", "floor"}:
+        p.error(f"--kinds {a.kinds}: choose from bf16, skinny, skinny_int8, int8, int8_f16, int4, int4_f16, floor")
     dev, bf16 = "cuda", torch.bfloat16
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {K.triton.__version__}, {a.shape}"
           f"{f', one of {a.tp} tensor-parallel ranks' if a.tp > 1 else ''}", flush=True)
@@ -207,25 +209,28 @@ def main():
                                                          for q, s in q8],
                         n * k + n * 2, K.int8_f16_gemv_launch(xv, *q8[0], **cfg, gated=gated), ref8, copies)
         del q8
-        if "int4" in kinds and name != "output":
+        for i4, f16 in (("int4", False), ("int4_f16", True)):  # int4_f16: _int4_f16_gemv_kernel
+            if i4 not in kinds or name == "output":
+                continue
             for G in (32, 64, 128):
-                kind = f"int4 g{G}"
+                kind = f"{i4} g{G}"
                 c4 = copies * 3  # 3.5x fewer bytes than bf16 a copy
                 q4 = [Q.quantize_int4(ws[i % copies], G) for i in range(c4)]  # equal copies, separate memory
                 nb4 = n * k // 2 + 2 * n * (k // G) * 2
                 ref4 = x.float() @ K.dequantize_int4(*q4[0], G).t()
-                try:
-                    tg = [K.tinygemm_pack(*q, G) for q in q4]
-                    add(name, kind, "tinygemm", lambda: [K.tinygemm_linear(x, *t, G) for t in tg], nb4,
-                        K.tinygemm_linear(x, *tg[0], G), ref4, c4)
-                    del tg
-                except RuntimeError as e:
-                    print(f"tinygemm failed: {str(e)[:200]}", flush=True)
-                for cfg in GRID4:
+                if not f16:
+                    try:
+                        tg = [K.tinygemm_pack(*q, G) for q in q4]
+                        add(name, kind, "tinygemm", lambda: [K.tinygemm_linear(x, *t, G) for t in tg], nb4,
+                            K.tinygemm_linear(x, *tg[0], G), ref4, c4)
+                        del tg
+                    except RuntimeError as e:
+                        print(f"tinygemm failed: {str(e)[:200]}", flush=True)
+                for cfg in GRID4 + (GRID4F if f16 else []):
                     if in_budget(kind):
-                        add(name, kind, label(cfg), lambda: [K.int4_gemv_launch(xv, *q, G, **cfg) for q in q4], nb4,
-                            K.int4_gemv_launch(xv, *q4[0], G, **cfg), ref4, c4)
-                if G == 32 and name in ("wo", "w13"):  # prefill: 2048 rows
+                        add(name, kind, label(cfg), lambda: [K.int4_gemv_launch(xv, *q, G, **cfg, f16=f16) for q in q4],
+                            nb4, K.int4_gemv_launch(xv, *q4[0], G, **cfg, f16=f16), ref4, c4)
+                if G == 32 and name in ("wo", "w13") and not f16:  # prefill: 2048 rows
                     xp = torch.randn(2048, k, device=dev, dtype=bf16, generator=gen)
                     refp = xp.float() @ K.dequantize_int4(*q4[0], G).t()
                     tg = K.tinygemm_pack(*q4[0], G)

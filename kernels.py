@@ -126,7 +126,8 @@ def _use_triton(x: Tensor, rows: int = 1) -> bool:
 
 # GPTFAST_INT8_F32=1 keeps one-row int8 products in _gemv_kernel's float32 arithmetic instead of float16 pairs.
 USE_INT8_F16 = USE_TRITON and not os.environ.get("GPTFAST_INT8_F32") and not os.environ.get("TRITON_INTERPRET")
-USE_INT4_F16 = USE_TRITON and os.environ.get("GPTFAST_INT4_F16") == "1"  # experiment
+# GPTFAST_INT4_F32=1 keeps int4 products of groups of 64 and more in _int4_gemv_kernel instead of float16 pairs.
+USE_INT4_F16 = USE_TRITON and not os.environ.get("GPTFAST_INT4_F32") and not os.environ.get("TRITON_INTERPRET")
 
 
 _f16x2_devices: dict[int, bool] = {}
@@ -142,6 +143,14 @@ def f16_fits(x: Tensor, weight: Tensor) -> bool:
         cap = torch.cuda.get_device_capability(x.device)
         _f16x2_devices[x.device.index] = torch.version.hip is None and cap >= (8, 0)
     return _f16x2_devices[x.device.index]
+
+
+def int4_launch_args(x: Tensor, groupsize: int) -> dict:
+    """int4_gemv_launch's kernel and launch shape for x: the float16-pair kernel for groups of 64 and more and 16-bit
+    x (measured faster there, not at 32), else _int4_gemv_kernel at CONFIGS[groupsize]."""
+    if USE_INT4_F16 and groupsize >= 64 and x.dtype in (torch.bfloat16, torch.float16):
+        return dict(**CONFIGS["int4_f16"], f16=True)
+    return dict(CONFIGS[groupsize])
 
 
 def _use_gemv(x: Tensor, weight: Tensor) -> bool:
@@ -328,6 +337,10 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # against 33.1 for (4, 1024, 4)) and run 142 (57.7 us; (4, 1024, 4) not among the five best, which were within 3%);
 # end to end on H200s, against (4, 1024, 4): 7B int8 416.1 tok/s against 411.7-411.8, 70B int8 on two 91.6-91.7
 # against 90.7-90.8 (runs 142-143).
+# int4_f16 (the float16-pair int4 GEMV, groups of 64 and 128): (8, 4096, 4), over every product the one shape that all
+# of a 40 s sweep's shapes ran on an H100 (2026-11-28, BENCHMARKS.md run 163; the sweep stopped early, and (8, 1024, 1)
+# was faster on wqkv and w13: 11.8-13.0 and 19.3 us against 13.2-14.0 and 21.7); 7B int4 g128 decode 491.3 tok/s with it
+# against 458.3.
 CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
@@ -335,6 +348,7 @@ CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8_f16_gated": dict(BLOCK_N=2, BLOCK_K=2048, num_warps=4),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
+           "int4_f16": dict(BLOCK_N=8, BLOCK_K=4096, num_warps=4),
            **{G: dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
@@ -529,6 +543,38 @@ if triton is not None:
         _store_rows(y, up, s_ptr, r_ptr, y_ptr, rows, row_ok, N, GATED, RESIDUAL, True)
 
     @triton.jit
+    def _int4_program(x_ptr, w_ptr, y_ptr, r_ptr, M, N, K, KW, G: tl.constexpr, BLOCK_N: tl.constexpr,
+                      KT: tl.constexpr, R: tl.constexpr):
+        # The int4 GEMVs' program p: row p % M of x and tile p // M of BLOCK_N output rows, R weight rows each (a gated
+        # tile interleaves the gate's rows with the same rows of the up projection, N further); with 2-16 rows the
+        # programs of one tile run together, so the later rows read its weights from L2. Returns its pointers, rows,
+        # word columns k and the column of each word's byte 0 low nibble (byte i: + i * G/8, high nibble: + G/2), and
+        # its first weight tile, loaded before the kernel waits for its input (PDL).
+        m, tile = tl.program_id(0) % M, tl.program_id(0) // M
+        j = tl.arange(0, R * BLOCK_N)
+        out_rows = tile * BLOCK_N + j // R
+        row_ok = out_rows < N
+        rows = out_rows + (j % R) * N  # the weight row of tile row j
+        k = tl.arange(0, KT)
+        col = (k // (G // 8)) * G + k % (G // 8)
+        w_at = w_ptr + rows[:, None] * KW + k[None, :]
+        w = tl.load(w_at, mask=row_ok[:, None] & (k < KW)[None, :], other=0)  # independent of the kernel before
+        return x_ptr + m * K, y_ptr + m * N, r_ptr + m * N, tile, rows, row_ok, k, col, w_at, w
+
+    @triton.jit
+    def _int4_store(y, y_ptr, r_ptr, tile, N, BLOCK_N: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr):
+        # The int4 GEMVs' epilogue, y the float32 sums of the tile's weight rows: silu(gate) * up (GATED), plus the
+        # residual, rounded as a separate add would round it (RESIDUAL), stored.
+        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        if GATED:
+            gate, up = tl.split(tl.reshape(y, (BLOCK_N, 2)))
+            y = gate / (1.0 + tl.exp(-gate)) * up
+        if RESIDUAL:
+            r = tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+
+    @triton.jit
     def _int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, r_ptr, y_ptr, M, N, K, KW, M_LO, M_HI, G: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
                           PDL: tl.constexpr):
@@ -546,20 +592,8 @@ if triton is not None:
         W: tl.constexpr = G // 8  # words a group
         KT: tl.constexpr = BLOCK_K // 8  # words a tile row
         R: tl.constexpr = 2 if GATED else 1  # weight rows an output row
-        # Program p takes row p % M of x and tile p // M: with 2-16 rows the programs of one tile run together,
-        # so the later rows read its weights from L2.
-        m, tile = tl.program_id(0) % M, tl.program_id(0) // M
-        x_ptr += m * K
-        y_ptr += m * N
-        r_ptr += m * N
-        j = tl.arange(0, R * BLOCK_N)
-        out_rows = tile * BLOCK_N + j // R
-        row_ok = out_rows < N
-        rows = out_rows + (j % R) * N  # the weight row of tile row j
-        k = tl.arange(0, KT)
-        col = (k // W) * G + k % W  # column of word k's byte 0, low nibble; byte i: + i * W, high: + G / 2
-        w_at = w_ptr + rows[:, None] * KW + k[None, :]
-        w = tl.load(w_at, mask=row_ok[:, None] & (k < KW)[None, :], other=0)  # independent of the kernel before
+        x_ptr, y_ptr, r_ptr, tile, rows, row_ok, k, col, w_at, w = _int4_program(
+            x_ptr, w_ptr, y_ptr, r_ptr, M, N, K, KW, G, BLOCK_N, KT, R)
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is its output
         acc = tl.zeros((R * BLOCK_N, NG), dtype=tl.float32)
@@ -596,20 +630,19 @@ if triton is not None:
             w = w_next
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-        y = tl.sum(acc, axis=1)
-        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        if GATED:
-            gate, up = tl.split(tl.reshape(y, (BLOCK_N, 2)))
-            y = gate / (1.0 + tl.exp(-gate)) * up
-        if RESIDUAL:
-            r = tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
-        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+        _int4_store(tl.sum(acc, axis=1), y_ptr, r_ptr, tile, N, BLOCK_N, GATED, RESIDUAL)
 
-    # int4 in float16 pairs (experiment): a word's 8 nibbles become four f16x2 pairs (q - 8) / 16 with one LOP3 and
-    # one f16x2 multiply-add a pair, which four f16x2 multiply-adds accumulate against pairs of x, and a group's words
-    # are summed in float16 before one conversion to float32 a group (1.6 instructions a weight of arithmetic,
-    # against about 3 for _int4_gemv_kernel).
+    # int4 in float16 pairs, for groups of 64 and 128 (int4_launch_args): a word's 8 nibbles become four f16x2 pairs
+    # (q - 8) / 16 with one LOP3 and one f16x2 multiply-add a pair, which four f16x2 multiply-adds accumulate against
+    # pairs of x, and a group's words are summed in float16 before one conversion to float32 a group: 1.6
+    # instructions a weight of arithmetic, 2.8-2.9 in the loop of the sm_90 build at (8, 4096, 4 warps), against 4.2
+    # for _int4_gemv_kernel. A group's float16 sum cannot overflow while |x| < 4094 * 32 / G (it holds G products of
+    # at most |x| / 2); if one does, the program sums its rows again in float32 (_int4_rows_f32). On an H100, per 7B
+    # block: g128 52.8 us against 55.8-56.3, g64 56.1 against 62.1-62.4; 7B int4 g128 decode 491.3 tok/s against
+    # 458.3. At g32, at the launch shape measured end to end, it was no faster (66.0 us against 64.3, decode 417.4
+    # against 417.1; at (4, 2048, 2) its block took 60.9 us, not yet measured end to end), so g32 keeps the other
+    # kernel (BENCHMARKS.md runs 162-163). Inline PTX: CUDA only; the CPU tests interpret the helpers' PTX and run
+    # the kernel in Triton's interpreter with the helpers rewritten in Triton.
     @triton.jit
     def _nibbles_dot_f16x2(w, x0, x1, x2, x3):  # the f16x2 pair of sums of w's (q - 8) / 16 times x
         # bits 0-3 and 16-19 of a word under 0x6400 read as the float16 pair 1024 + q, bits 4-7 and 20-23 as
@@ -641,13 +674,17 @@ if triton is not None:
 
     @triton.jit
     def _f16x2_pair(lo, hi):  # two float32 -> one f16x2 word, lo in the low half
-        return tl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,r,r", [lo, hi], dtype=tl.int32,
-                                         is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(
+            """{
+            cvt.rn.f16x2.f32 $0, $2, $1;
+            }""", "=r,r,r", [lo, hi], dtype=tl.int32, is_pure=True, pack=1)
 
     @triton.jit
     def _f16x2_add(a, b):
-        return tl.inline_asm_elementwise("add.rn.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
-                                         pack=1)
+        return tl.inline_asm_elementwise(
+            """{
+            add.rn.f16x2 $0, $1, $2;
+            }""", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
 
     @triton.jit
     def _int4_rows_f32(x_ptr, w_ptr, s_ptr, z_ptr, rows, row_ok, K, KW, G: tl.constexpr, ROWS: tl.constexpr):
@@ -680,18 +717,8 @@ if triton is not None:
         W: tl.constexpr = G // 8  # words a group
         KT: tl.constexpr = BLOCK_K // 8  # words a tile row
         R: tl.constexpr = 2 if GATED else 1  # weight rows an output row
-        m, tile = tl.program_id(0) % M, tl.program_id(0) // M
-        x_ptr += m * K
-        y_ptr += m * N
-        r_ptr += m * N
-        j = tl.arange(0, R * BLOCK_N)
-        out_rows = tile * BLOCK_N + j // R
-        row_ok = out_rows < N
-        rows = out_rows + (j % R) * N  # the weight row of tile row j
-        k = tl.arange(0, KT)
-        col = (k // W) * G + k % W  # column of word k's byte 0, low nibble; byte i: + i * W, high: + G / 2
-        w_at = w_ptr + rows[:, None] * KW + k[None, :]
-        w = tl.load(w_at, mask=row_ok[:, None] & (k < KW)[None, :], other=0)  # independent of the kernel before
+        x_ptr, y_ptr, r_ptr, tile, rows, row_ok, k, col, w_at, w = _int4_program(
+            x_ptr, w_ptr, y_ptr, r_ptr, M, N, K, KW, G, BLOCK_N, KT, R)
         if PDL:
             tl.extra.cuda.gdc_wait()  # x is its output
         acc = tl.zeros((R * BLOCK_N, NG), dtype=tl.float32)
@@ -724,14 +751,7 @@ if triton is not None:
         y = tl.sum(acc, axis=1)
         if tl.max(((y - y) != 0).to(tl.int32), axis=0) > 0:  # a float16 sum overflowed: again in float32
             y = _int4_rows_f32(x_ptr, w_ptr, s_ptr, z_ptr, rows, row_ok, K, KW, G, R * BLOCK_N)
-        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        if GATED:
-            gate, up = tl.split(tl.reshape(y, (BLOCK_N, 2)))
-            y = gate / (1.0 + tl.exp(-gate)) * up
-        if RESIDUAL:
-            r = tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-            y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + r  # y rounded first, as the model's separate add has it
-        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+        _int4_store(y, y_ptr, r_ptr, tile, N, BLOCK_N, GATED, RESIDUAL)
 
     def gemv_launch(x: Tensor, weight: Tensor, scales: Tensor | None, BLOCK_N: int, BLOCK_K: int, num_warps: int,
                     gated: bool = False, residual: Tensor | None = None) -> Tensor:
@@ -763,10 +783,10 @@ if triton is not None:
 
     def int4_gemv_launch(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize: int,
                          BLOCK_N: int, BLOCK_K: int, num_warps: int, gated: bool = False,
-                         residual: Tensor | None = None, f16: bool | None = None) -> Tensor:
+                         residual: Tensor | None = None, f16: bool = False) -> Tensor:
         """x (K,) or (M, K) -> (N,) or (M, N); gated: the SwiGLU of the two halves (N / 2 columns), with tiles of
         BLOCK_N / 2 rows of each (the registers of BLOCK_N rows); residual (x's rows, N): added; f16: through
-        _int4_f16_gemv_kernel (None: where GPTFAST_INT4_F16=1 and x is bfloat16)."""
+        _int4_f16_gemv_kernel (x 16-bit; int4_launch_args says where the model uses it)."""
         assert not (gated and weight.shape[0] % 2), "a gated weight stacks the gate and up halves"
         assert weight.is_contiguous() and scales.is_contiguous() and zeros.is_contiguous(), "rows of K // 8 words"
         N, K = weight.shape[0] // (2 if gated else 1), 2 * weight.shape[1]
@@ -774,7 +794,7 @@ if triton is not None:
         assert residual is None or (residual.numel() == M * N and residual.dtype == x.dtype), "residual: (M, N), x's dtype"
         BLOCK_N = max(1, BLOCK_N // 2) if gated else BLOCK_N
         y = torch.empty(*x.shape[:-1], N, device=x.device, dtype=x.dtype)
-        if USE_INT4_F16 and x.dtype == torch.bfloat16 if f16 is None else f16:
+        if f16:
             _int4_f16_gemv_kernel[(M * triton.cdiv(N, BLOCK_N),)](
                 x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, M, N, K, K // 8,
                 G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
@@ -1092,7 +1112,7 @@ if triton is not None:
         try:
             y = int4_gemv_launch(x.reshape(-1, x.shape[-1]).contiguous(), weight, scales, zeros, groupsize, gated=gated,
                                  residual=None if residual is None else residual.reshape(-1, residual.shape[-1]).contiguous(),
-                                 **CONFIGS[groupsize])
+                                 **int4_launch_args(x, groupsize))
         except Exception as e:  # noqa: BLE001 -- a Triton release that cannot build it: slower but correct
             global _warned
             if not _warned:

@@ -1,7 +1,7 @@
 """Matrix-vector products of one layer's shapes (Llama-2-7B unless --shape), one shape at a time, on the GPU:
 
-python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int8_f16,int4] [--shape llama-2-7b] [--tp 1]
-                             [--rows 8] [--budget_s 300] [--json FILE] [--configs_out FILE]
+python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int8_f16,int4,int4_f16,floor] [--shape llama-2-7b]
+                             [--tp 1] [--rows 8] [--budget_s 300] [--json FILE] [--configs_out FILE]
 
 For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as compile_regions compiles
 the model: coordinate descent tuning, programmatic dependent launch; also with the RMSNorm in front, as wqkv
@@ -11,7 +11,8 @@ of bf16 (skinny: batched decode) cuBLAS and kernels.py's skinny kernel over a gr
 int8 weights, dequantize + cuBLAS against the same kernel taking int8 tiles and row scales); for int8 weights
 kernels.py's float32 GEMV (int8) and its float16-pair GEMV (int8_f16; w13 with the SwiGLU: int8_f16_gated) over grids
 of launch shapes; for int4 (groups of 32, 64, 128) PyTorch's tinygemm
-(aten._weight_int4pack_mm) and kernels.py's int4 GEMV over a grid of launch shapes, and at 2048 rows (prefill)
+(aten._weight_int4pack_mm) and kernels.py's int4 GEMV over a grid of launch shapes (int4_f16: its float16-pair
+kernel, over a larger grid), and at 2048 rows (prefill)
 tinygemm against the PyTorch path (dequantize, then cuBLAS); floor: the fastest of a few launch shapes of a kernel
 that only reads as many bytes as each kind's product (bf16, int8, int4 at each group size), the time no GEMV of
 those bytes can beat (BENCHMARKS.md runs 158-162). The shapes are one layer of --shape (one of
@@ -98,8 +99,8 @@ def read_launch(w32: torch.Tensor, CHUNK: int, BLOCK: int, num_warps: int) -> to
 
 GRID_READ = [(c, b, nw) for c in (2**12, 2**13, 2**14, 2**15) for b in (512, 1024, 2048) for nw in (2, 4)
              if b <= c and b >= 128 * nw]
-GRID4F = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # more rows share x's conversion in the float16-pair kernel
-          for bn, bk, nw in ((8, 4096, 4), (16, 4096, 8), (16, 2048, 4), (8, 8192, 8), (32, 2048, 8))]
+GRID4F = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # int4_f16 also: more rows sharing x's conversion
+          for bn, bk, nw in ((16, 4096, 8), (16, 2048, 4), (8, 8192, 8), (32, 2048, 8))]
 BLOCK = ("wqkv", "wo", "w13", "w2")
 # The products whose launch shape a kind sets in the model (bf16: kernels.linear's gemv layers); other kinds: BLOCK.
 USES = {"bf16": ("wo", "w2"), "int8_f16": ("wqkv", "wo", "w2"), "int8_f16_gated": ("w13",)}
@@ -277,7 +278,10 @@ def main():
                    if r["kind"] == kind and r["variant"] == base and r["shape"] in USES.get(kind, BLOCK)]
             if ref:
                 print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
-        if ranked:
+        if ranked and kind.startswith("int4_f16"):  # one launch shape for every group size: g128's
+            if kind.endswith(" g128"):
+                best["int4_f16"] = ranked[0][1]
+        elif ranked:
             named = not kind.startswith("int4")
             best[kind if named else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32
     if a.configs_out and best:

@@ -3,7 +3,8 @@
 python scripts/gpu_check_quant.py [--json FILE]
 
 1. Correctness: each Triton GEMV (int8: the float16-pair one, also with activations that overflow its float16 sums,
-   and the float32 one, also on bf16 weights, as wo and w2 of bf16 models run it), the
+   and the float32 one, also on bf16 weights, as wo and w2 of bf16 models run it; int4: the float16-pair one at groups
+   of 64 and 128 and the other at 32, at 128 and 32 also with 5 rows, the residual, the SwiGLU and x = 3e4), the
    compiled PyTorch one-row paths and tinygemm (the layout pack_for_device loads int4 layers into on CUDA with
    GPTFAST_INT4=tinygemm) against the PyTorch path (dequantize in float32, then matmul) on the Llama-2-7B layer
    shapes with bf16 activations, and a small int4 model's logits before and after pack_for_device; exit status 1
@@ -147,7 +148,7 @@ def main():
         for G in (32, 64, 128):
             pk, s4, z4 = Q.quantize_int4(w, G)
             ref = x.float() @ K.dequantize_int4(pk, s4, z4, G).t()
-            y = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.CONFIGS[G])  # not the op: it falls back on errors
+            y = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.int4_launch_args(x, G))  # not the op: it falls back on errors
             err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
             err_i = ((int4_inductor(x, pk, s4, z4, G).float() - ref).abs().max() / ref.abs().max()).item()
             ok &= err < 1e-2 and err_i < 1e-2
@@ -157,23 +158,29 @@ def main():
                 tg = f"failed ({type(e).__name__}: {str(e)[:80]})"
             ok &= isinstance(tg, float) and tg < 1e-2
             print(f"check int4 g{G} {name}: max rel err {err:.2e}, inductor {err_i:.2e} (tinygemm vs same reference: {tg})", flush=True)
-            if G == 32:  # 5 rows (a grid row each), the residual add and (w13) the SwiGLU in the GEMV, as for int8
+            if G in (32, 128):  # 5 rows (a grid row each), the residual add and (w13) the SwiGLU in the GEMV, as for
+                # int8, for each of the two kernels (int4_launch_args)
                 ref5 = x5.float() @ K.dequantize_int4(pk, s4, z4, G).t()
-                y5 = K.int4_gemv_launch(x5, pk, s4, z4, G, **K.CONFIGS[G]).float()
+                y5 = K.int4_gemv_launch(x5, pk, s4, z4, G, **K.int4_launch_args(x, G)).float()
                 err5 = ((y5 - ref5).abs().max() / ref5.abs().max()).item()
                 ok &= err5 < 1e-2
-                print(f"check int4 g32 {name} 5 rows: max rel err {err5:.2e}", flush=True)
-                y_r = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.CONFIGS[G], residual=r.view(-1)).float()
+                print(f"check int4 g{G} {name} 5 rows: max rel err {err5:.2e}", flush=True)
+                y_r = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.int4_launch_args(x, G), residual=r.view(-1)).float()
                 err_r = ((y_r - r.float() - ref).abs().max() / ref.abs().max()).item()
                 ok &= err_r < 1e-2
-                print(f"check int4 g32 {name} with the residual: max rel err {err_r:.2e}", flush=True)
+                print(f"check int4 g{G} {name} with the residual: max rel err {err_r:.2e}", flush=True)
+                xo = x * 3e4  # the float16-pair kernel's group sums overflow: each program sums again in float32
+                y_o = K.int4_gemv_launch(xo.view(-1), pk, s4, z4, G, **K.int4_launch_args(xo, G)).float()
+                err_o = ((y_o - 3e4 * ref).abs().max() / (3e4 * ref).abs().max()).item()
+                ok &= err_o < 1e-2
+                print(f"check int4 g{G} {name}, x = 3e4: max rel err {err_o:.2e}", flush=True)
                 if name == "w13":
                     gate, up = ref.chunk(2, dim=-1)
                     ref_g = F.silu(gate) * up
-                    y_g = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.CONFIGS[G], gated=True).float()
+                    y_g = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.int4_launch_args(x, G), gated=True).float()
                     err_g = ((y_g - ref_g).abs().max() / ref_g.abs().max()).item()
                     ok &= err_g < 1e-2
-                    print(f"check int4 g32 w13 with the SwiGLU: max rel err {err_g:.2e}", flush=True)
+                    print(f"check int4 g{G} w13 with the SwiGLU: max rel err {err_g:.2e}", flush=True)
 
     # ---- a quantized model repacked for tinygemm (pack_for_device) keeps its logits ---------------
     from bench import random_model
@@ -256,8 +263,8 @@ def main():
                   lambda n, c: (tinygemm_fn(*quantized(G, n, c), G), nbytes(*quantized(G, n, c))))
         except Exception as e:
             print(f"int4 g{G} tinygemm failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
-        bench(f"int4 g{G} triton default " + str(K.CONFIGS[G]),
-              lambda n, c: ((lambda x, t=quantized(G, n, c): K.int4_gemv_launch(x.view(-1), *t, G, **K.CONFIGS[G])),
+        bench(f"int4 g{G} triton default " + str(K.int4_launch_args(torch.empty(0, dtype=torch.bfloat16), G)),
+              lambda n, c: ((lambda x, t=quantized(G, n, c): K.int4_gemv_launch(x.view(-1), *t, G, **K.int4_launch_args(x, G))),
                             nbytes(*quantized(G, n, c))))
     cache.clear()
     del weights

@@ -272,7 +272,11 @@ def _run_ptx(fn, *args: int) -> int:
             reg[lo], reg[hi] = v[0] & 0xFFFF, v[0] >> 16
             continue
         reg[d] = {"xor.b32": lambda: v[0] ^ v[1], "and.b32": lambda: v[0] & v[1], "mov.b32": lambda: v[0],
-                  "shl.b32": lambda: v[0] << v[1] & 0xFFFFFFFF,
+                  "shl.b32": lambda: v[0] << v[1] & 0xFFFFFFFF, "shr.u32": lambda: v[0] >> v[1],
+                  "lop3.b32": lambda: sum(((v[3] >> ((v[0] >> i & 1) << 2 | (v[1] >> i & 1) << 1 | (v[2] >> i & 1))) & 1)
+                                          << i for i in range(32)),
+                  "mul.rn.f16x2": lambda: pack(*(np.float16(float(a) * float(b)) for a, b in zip(lanes(v[0]), lanes(v[1])))),
+                  "add.rn.f16x2": lambda: pack(*(np.float16(float(a) + float(b)) for a, b in zip(lanes(v[0]), lanes(v[1])))),
                   "prmt.b32": lambda: sum(((v[0] | v[1] << 32) >> 8 * (v[2] >> 4 * i & 7) & 255) << 8 * i
                                           for i in range(4)),
                   "sub.f16x2": lambda: pack(*(a - b for a, b in zip(lanes(v[0]), lanes(v[1])))),
@@ -308,7 +312,9 @@ def test_int8_f16x2_arithmetic():
         assert abs(f32(_run_ptx(K._f16x2_sum, acc)) * 16 - ref) < 2e-3 * scale, (ref, scale)
 
 
-F16_KERNEL_CHECK = """
+# The float16-pair kernels' PTX helpers, written as the same arithmetic in Triton for its interpreter: the start of
+# F16_KERNEL_CHECK and INT4_F16_KERNEL_CHECK.
+F16_TRITON = """
 import torch, triton, triton.language as tl, kernels as K, quantize as Q
 
 @triton.jit
@@ -321,6 +327,12 @@ def pack(lo, hi):  # float32 -> float16 (rounded, inf beyond 65504) -> an f16x2 
     return (h16(hi) << 16) | (h16(lo) & 0xFFFF)
 
 @triton.jit
+def f16x2_sum(acc):
+    return lane(acc, False) + lane(acc, True)
+"""
+
+F16_KERNEL_CHECK = F16_TRITON + """
+@triton.jit
 def x_to_f16x2(x2):
     return pack((x2 << 16).to(tl.float32, bitcast=True), (x2 & -65536).to(tl.float32, bitcast=True))
 
@@ -329,10 +341,6 @@ def dot4_f16x2(w, x01, x23, acc):
     w16 = lambda i: ((w << (24 - 8 * i)) >> 24).to(tl.float32) / 16  # byte i, sign-extended, / 16
     lo = pack(w16(0) * lane(x01, False) + lane(acc, False), w16(1) * lane(x01, True) + lane(acc, True))
     return pack(w16(2) * lane(x23, False) + lane(lo, False), w16(3) * lane(x23, True) + lane(lo, True))
-
-@triton.jit
-def f16x2_sum(acc):
-    return lane(acc, False) + lane(acc, True)
 
 # the kernel as it is, with its PTX helpers replaced by the same arithmetic in Triton (test_int8_f16x2_arithmetic
 # checks the PTX itself)
@@ -363,6 +371,108 @@ def test_int8_f16_gemv_in_interpreter():
     pytest.importorskip("triton")
     r = run_cli("-c", F16_KERNEL_CHECK, env={"TRITON_INTERPRET": "1"})
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
+def test_int4_f16x2_arithmetic():
+    """The float16-pair int4 GEMV's PTX (GPU only), interpreted here: each nibble of a word (pack_int4's order) becomes
+    its exact (q - 8) / 16 and meets the x of its column; random words against random x sum as float32 does."""
+    pytest.importorskip("triton")
+    import numpy as np
+    f32 = lambda v: float(np.array([v], np.uint32).view(np.float32)[0])  # noqa: E731
+    f32bits = lambda v: int(np.array([v], np.float32).view(np.uint32)[0])  # noqa: E731
+
+    def dot(word, x):  # x: the 8 values of the word's nibble columns, in nibble order (bits 0-3, 4-7, ..., 28-31)
+        pairs = [(x[0], x[4]), (x[1], x[5]), (x[2], x[6]), (x[3], x[7])]  # nibble i and i + 4 share a word of x
+        xw = [_run_ptx(K._f16x2_pair, f32bits(lo), f32bits(hi)) for lo, hi in pairs]
+        acc = _run_ptx(K._nibbles_dot_f16x2, word, *xw)
+        return f32(_run_ptx(K._f16x2_sum, acc)) * 16
+    for pos in range(8):  # every value of every nibble, the others 8 (weight 0), against exact x
+        x = [1.0, 2.0, -4.0, 0.5, 3.0, -1.0, 8.0, 0.25]
+        for q in range(16):
+            word = sum((q if i == pos else 8) << 4 * i for i in range(8))
+            assert dot(word, x) == (q - 8) * x[pos], (pos, q)
+    # pack_int4's column of nibble i of word m in a group of G: byte i // 2, low or high nibble
+    G, m = 32, 1
+    cols = [(i // 2) * G // 8 + m + (G // 2 if i % 2 else 0) for i in range(8)]
+    q = torch.zeros(1, G, dtype=torch.uint8)
+    q[0, cols] = torch.arange(1, 9, dtype=torch.uint8)
+    word = K.pack_int4(q, G).view(torch.int32)[0, m].item() & 0xFFFFFFFF
+    assert [(word >> 4 * i) & 15 for i in range(8)] == list(range(1, 9)), "pack_int4's nibble order"
+    a, b = (_run_ptx(K._f16x2_pair, f32bits(lo), f32bits(hi)) for lo, hi in ((1.5, -2.0), (0.25, 4.0)))
+    assert f32(_run_ptx(K._f16x2_sum, _run_ptx(K._f16x2_add, a, b))) == 3.75  # (1.75, 2.0): a group's words
+    torch.manual_seed(0)
+    for _ in range(20):
+        word, x = int(torch.randint(0, 2**32, ()).item()), (torch.randn(8) * 30).bfloat16().float().tolist()
+        ref = sum((((word >> 4 * i) & 15) - 8) * x[i] for i in range(8))
+        scale = sum(abs((((word >> 4 * i) & 15) - 8) * x[i]) for i in range(8))
+        assert abs(dot(word, x) - ref) < 2e-3 * scale, (ref, scale)
+
+
+INT4_F16_KERNEL_CHECK = F16_TRITON + """
+@triton.jit
+def f16x2_pair(lo, hi):
+    return pack(lo, hi)
+
+@triton.jit
+def f16x2_add(a, b):
+    return pack(lane(a, False) + lane(b, False), lane(a, True) + lane(b, True))
+
+@triton.jit
+def nib(w, shift: tl.constexpr):  # (q - 8) / 16 of the nibble at bit `shift`
+    return (((w >> shift) & 15) - 8).to(tl.float32) / 16
+
+@triton.jit
+def round16(v):
+    return v.to(tl.float16).to(tl.float32)
+
+@triton.jit
+def nibbles_dot_f16x2(w, x0, x1, x2, x3):  # the nibble pairs (0, 16), (4, 20), (8, 24), (12, 28) against x0..x3
+    lo, hi = round16(nib(w, 0) * lane(x0, False)), round16(nib(w, 16) * lane(x0, True))
+    lo, hi = round16(nib(w, 4) * lane(x1, False) + lo), round16(nib(w, 20) * lane(x1, True) + hi)
+    lo, hi = round16(nib(w, 8) * lane(x2, False) + lo), round16(nib(w, 24) * lane(x2, True) + hi)
+    return pack(nib(w, 12) * lane(x3, False) + lo, nib(w, 28) * lane(x3, True) + hi)
+
+# the kernel as it is, with its PTX helpers replaced by the same arithmetic in Triton (test_int4_f16x2_arithmetic
+# checks the PTX itself)
+K._nibbles_dot_f16x2, K._f16x2_pair, K._f16x2_add, K._f16x2_sum = nibbles_dot_f16x2, f16x2_pair, f16x2_add, f16x2_sum
+torch.manual_seed(0)
+for G, N, Kd, M, cfg in [(32, 12, 256, 1, (4, 128, 1)), (64, 10, 512, 1, (4, 256, 1)), (128, 8, 512, 3, (8, 256, 1)),
+                         (32, 7, 96, 2, (4, 64, 1))]:  # partial tiles, rows of x
+    q = Q.quantize_int4(torch.randn(N, Kd), G)
+    x, r = torch.randn(M, Kd).bfloat16(), torch.randn(M, N).bfloat16()
+    deq = K.dequantize_int4(*q, G)
+    # x = 3e4: float16 sums overflow, so each program sums its rows again in float32
+    for x, overflow in ((x, False), (x * 3e4, True)):
+        ref = x.float() @ deq.T
+        f = lambda **kw: K.int4_gemv_launch(x, *q, G, *cfg, f16=True, **kw).float()
+        tol = dict(atol=1e-2 * ref.abs().max().item(), rtol=0)
+        torch.testing.assert_close(f(), ref, **tol)
+        if not overflow:
+            torch.testing.assert_close(f(residual=r), r.float() + ref, **tol)
+        if N % 2 == 0:  # gate and up: the first N/2 rows, the rest
+            gate, up = ref.chunk(2, dim=-1)
+            want = torch.nn.functional.silu(gate) * up
+            torch.testing.assert_close(f(gated=True), want, atol=1e-2 * want.abs().max().item(), rtol=0)
+print("ok")
+"""
+
+
+def test_int4_f16_gemv_in_interpreter():
+    """_int4_f16_gemv_kernel's tiles, groups, rows of x, SwiGLU, residual, scales and zeros and float32 fallback on
+    overflow, on CPU: Triton's interpreter with the kernel's PTX helpers replaced by the same float16 arithmetic."""
+    pytest.importorskip("triton")
+    r = run_cli("-c", INT4_F16_KERNEL_CHECK, env={"TRITON_INTERPRET": "1"}, timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
+def test_int4_launch_args_rule():
+    """The model runs the float16-pair int4 kernel for groups of 64 and more with 16-bit x (where it measured faster)
+    and the other kernel at group 32 and for float32 x."""
+    pytest.importorskip("triton")
+    b16, f32 = torch.empty(0, dtype=torch.bfloat16), torch.empty(0)
+    assert K.int4_launch_args(b16, 128).get("f16") and K.int4_launch_args(b16, 64).get("f16")
+    assert not K.int4_launch_args(b16, 32).get("f16") and not K.int4_launch_args(f32, 128).get("f16")
+    assert K.int4_launch_args(b16, 32) == K.CONFIGS[32]
 
 
 def test_int8_compiled_decode_matches_eager(stories_int8):

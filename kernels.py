@@ -133,11 +133,10 @@ USE_INT4_F16 = USE_TRITON and not os.environ.get("GPTFAST_INT4_F32") and not os.
 _f16x2_devices: dict[int, bool] = {}
 
 
-def f16_fits(x: Tensor, weight: Tensor) -> bool:
-    """Whether _int8_f16_gemv_kernel takes this one-row int8 product: x bfloat16, K % 4 == 0, both 4-byte aligned,
-    an NVIDIA GPU of compute capability 8.0 or later (its PTX converts float32 pairs to float16 pairs)."""
-    if not (USE_INT8_F16 and x.dtype == torch.bfloat16 and weight.dtype == torch.int8 and weight.shape[1] % 4 == 0
-            and x.data_ptr() % 4 == 0 and weight.data_ptr() % 4 == 0):
+def _f16x2_device(x: Tensor) -> bool:
+    """Whether x is on an NVIDIA GPU of compute capability 8.0 or later, which the float16-pair GEMVs need (their PTX
+    converts float32 pairs to float16 pairs)."""
+    if not x.is_cuda:
         return False
     if x.device.index not in _f16x2_devices:
         cap = torch.cuda.get_device_capability(x.device)
@@ -145,10 +144,17 @@ def f16_fits(x: Tensor, weight: Tensor) -> bool:
     return _f16x2_devices[x.device.index]
 
 
+def f16_fits(x: Tensor, weight: Tensor) -> bool:
+    """Whether _int8_f16_gemv_kernel takes this one-row int8 product: x bfloat16, K % 4 == 0, both 4-byte aligned,
+    on a GPU that runs it (_f16x2_device)."""
+    return (USE_INT8_F16 and x.dtype == torch.bfloat16 and weight.dtype == torch.int8 and weight.shape[1] % 4 == 0
+            and x.data_ptr() % 4 == 0 and weight.data_ptr() % 4 == 0 and _f16x2_device(x))
+
+
 def int4_launch_args(x: Tensor, groupsize: int) -> dict:
-    """int4_gemv_launch's kernel and launch shape for x: the float16-pair kernel for groups of 64 and more and 16-bit
-    x (measured faster there, not at 32), else _int4_gemv_kernel at CONFIGS[groupsize]."""
-    if USE_INT4_F16 and groupsize >= 64 and x.dtype in (torch.bfloat16, torch.float16):
+    """int4_gemv_launch's kernel and launch shape for x: the float16-pair kernel for groups of 64 and 128 (where it
+    measured faster; not at 32) and 16-bit x on a GPU that runs it, else _int4_gemv_kernel at CONFIGS[groupsize]."""
+    if USE_INT4_F16 and groupsize in (64, 128) and x.dtype in (torch.bfloat16, torch.float16) and _f16x2_device(x):
         return dict(**CONFIGS["int4_f16"], f16=True)
     return dict(CONFIGS[groupsize])
 
@@ -636,8 +642,10 @@ if triton is not None:
     # (q - 8) / 16 with one LOP3 and one f16x2 multiply-add a pair, which four f16x2 multiply-adds accumulate against
     # pairs of x, and a group's words are summed in float16 before one conversion to float32 a group: 1.6
     # instructions a weight of arithmetic, 2.8-2.9 in the loop of the sm_90 build at (8, 4096, 4 warps), against 4.2
-    # for _int4_gemv_kernel. A group's float16 sum cannot overflow while |x| < 4094 * 32 / G (it holds G products of
-    # at most |x| / 2); if one does, the program sums its rows again in float32 (_int4_rows_f32). On an H100, per 7B
+    # for _int4_gemv_kernel. A float16 lane sums G/2 products of at most |x| / 2 a group, so it cannot overflow while
+    # |x| < 4094 * 64 / G; if one does, the program sums its rows again in float32 (_int4_rows_f32). Products below
+    # float16's normal range (|x| under about 1e-3) lose precision, as in the int8 kernel: at G = 128, x drawn from
+    # normal(0, 1e-5) measured 0.8% off in Triton's interpreter, against 0.2% for _int4_gemv_kernel. On an H100, per 7B
     # block: g128 52.8 us against 55.8-56.3, g64 56.1 against 62.1-62.4; 7B int4 g128 decode 491.3 tok/s against
     # 458.3. At g32, at the launch shape measured end to end, it was no faster (66.0 us against 64.3, decode 417.4
     # against 417.1; at (4, 2048, 2) its block took 60.9 us, not yet measured end to end), so g32 keeps the other

@@ -465,13 +465,15 @@ def test_int4_f16_gemv_in_interpreter():
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 
-def test_int4_launch_args_rule():
-    """The model runs the float16-pair int4 kernel for groups of 64 and more with 16-bit x (where it measured faster)
-    and the other kernel at group 32 and for float32 x."""
+def test_int4_launch_args_rule(monkeypatch):
+    """The model runs the float16-pair int4 kernel for groups of 64 and 128 with 16-bit x (where it measured faster)
+    on a GPU that runs it, and the other kernel at groups 32 and 256, for float32 x and off such a GPU."""
     pytest.importorskip("triton")
-    b16, f32 = torch.empty(0, dtype=torch.bfloat16), torch.empty(0)
-    assert K.int4_launch_args(b16, 128).get("f16") and K.int4_launch_args(b16, 64).get("f16")
-    assert not K.int4_launch_args(b16, 32).get("f16") and not K.int4_launch_args(f32, 128).get("f16")
+    b16, f16, f32 = (torch.empty(0, dtype=d) for d in (torch.bfloat16, torch.float16, torch.float32))
+    assert not K.int4_launch_args(b16, 128).get("f16")  # a CPU tensor: no such GPU
+    monkeypatch.setattr(K, "_f16x2_device", lambda x: True)
+    assert all(K.int4_launch_args(x, G).get("f16") for x in (b16, f16) for G in (64, 128))
+    assert not any(K.int4_launch_args(x, G).get("f16") for x, G in ((b16, 32), (b16, 256), (f32, 128)))
     assert K.int4_launch_args(b16, 32) == K.CONFIGS[32]
 
 

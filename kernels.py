@@ -126,7 +126,7 @@ def _use_triton(x: Tensor, rows: int = 1) -> bool:
 
 # GPTFAST_INT8_F32=1 keeps one-row int8 products in _gemv_kernel's float32 arithmetic instead of float16 pairs.
 USE_INT8_F16 = USE_TRITON and not os.environ.get("GPTFAST_INT8_F32") and not os.environ.get("TRITON_INTERPRET")
-# GPTFAST_INT4_F32=1 keeps int4 products of groups of 64 and more in _int4_gemv_kernel instead of float16 pairs.
+# GPTFAST_INT4_F32=1 keeps int4 products of groups of 64 and 128 in _int4_gemv_kernel instead of float16 pairs.
 USE_INT4_F16 = USE_TRITON and not os.environ.get("GPTFAST_INT4_F32") and not os.environ.get("TRITON_INTERPRET")
 
 
@@ -802,15 +802,11 @@ if triton is not None:
         assert residual is None or (residual.numel() == M * N and residual.dtype == x.dtype), "residual: (M, N), x's dtype"
         BLOCK_N = max(1, BLOCK_N // 2) if gated else BLOCK_N
         y = torch.empty(*x.shape[:-1], N, device=x.device, dtype=x.dtype)
-        if f16:
-            _int4_f16_gemv_kernel[(M * triton.cdiv(N, BLOCK_N),)](
-                x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, M, N, K, K // 8,
-                G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
-                RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
-            return y
-        _int4_gemv_kernel[(M * triton.cdiv(N, BLOCK_N),)](
+        # the float32-word kernel also takes its two float constants (256.0 and 16.0) as bit patterns
+        kernel, magic = (_int4_f16_gemv_kernel, ()) if f16 else (_int4_gemv_kernel, (0x43800000, 0x41800000))
+        kernel[(M * triton.cdiv(N, BLOCK_N),)](
             x, weight.view(torch.int32), scales, zeros, x if residual is None else residual, y, M, N, K, K // 8,
-            0x43800000, 0x41800000, G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
+            *magic, G=groupsize, BLOCK_N=BLOCK_N, BLOCK_K=max(BLOCK_K, groupsize), GATED=gated,
             RESIDUAL=residual is not None, num_warps=num_warps, **_pdl(x))
         return y
 

@@ -113,7 +113,7 @@ def label(cfg: dict) -> str:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--kinds", default="bf16,int8_f16,int4", help="comma-separated: bf16, skinny, skinny_int8, int8, "
-                   "int8_f16, int4, floor")
+                   "int8_f16, int4, int4_f16, floor")
     p.add_argument("--shape", default="llama-2-7b", choices=[k for k in SHAPES if k != "tiny"])
     p.add_argument("--tp", type=int, default=1, help="the shapes one of this many tensor-parallel ranks holds")
     p.add_argument("--rows", type=int, default=8, help="activation rows for kind skinny (batched decode)")

@@ -161,7 +161,7 @@ def main():
             if G in (32, 128):  # 5 rows (a grid row each), the residual add and (w13) the SwiGLU in the GEMV, as for
                 # int8, for each of the two kernels (int4_launch_args)
                 ref5 = x5.float() @ K.dequantize_int4(pk, s4, z4, G).t()
-                y5 = K.int4_gemv_launch(x5, pk, s4, z4, G, **K.int4_launch_args(x, G)).float()
+                y5 = K.int4_gemv_launch(x5, pk, s4, z4, G, **K.int4_launch_args(x5, G)).float()
                 err5 = ((y5 - ref5).abs().max() / ref5.abs().max()).item()
                 ok &= err5 < 1e-2
                 print(f"check int4 g{G} {name} 5 rows: max rel err {err5:.2e}", flush=True)

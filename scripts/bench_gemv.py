@@ -1,7 +1,7 @@
 """Matrix-vector products of one layer's shapes (Llama-2-7B unless --shape), one shape at a time, on the GPU:
 
 python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int8_f16,int4,int4_f16,floor] [--shape llama-2-7b]
-                             [--tp 1] [--rows 8] [--budget_s 300] [--json FILE] [--configs_out FILE]
+                             [--tp 1] [--rows 8] [--groups 32,64,128] [--budget_s 300] [--json FILE] [--configs_out FILE]
 
 For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as compile_regions compiles
 the model: coordinate descent tuning, programmatic dependent launch; also with the RMSNorm in front, as wqkv
@@ -118,10 +118,14 @@ def main():
     p.add_argument("--tp", type=int, default=1, help="the shapes one of this many tensor-parallel ranks holds")
     p.add_argument("--rows", type=int, default=8, help="activation rows for kind skinny (batched decode)")
     p.add_argument("--budget_s", type=float, default=300, help="stop each kind's launch-shape sweep after this long")
+    p.add_argument("--groups", default="32,64,128", help="int4 group sizes for kinds int4, int4_f16 and floor")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes")
     a = p.parse_args()
     kinds = a.kinds.split(",")
+    groups = [int(G) for G in a.groups.split(",")]
+    if not set(groups) <= {32, 64, 128}:
+        p.error(f"--groups {a.groups}: choose from 32, 64, 128")
     if not set(kinds) <= {"bf16", "skinny", "skinny_int8", "int8", "int8_f16", "int4", "int4_f16", "floor"}:
         p.error(f"--kinds {a.kinds}: choose from bf16, skinny, skinny_int8, int8, int8_f16, int4, int4_f16, floor")
     dev, bf16 = "cuda", torch.bfloat16
@@ -213,7 +217,7 @@ def main():
         for i4, f16 in (("int4", False), ("int4_f16", True)):  # int4_f16: _int4_f16_gemv_kernel
             if i4 not in kinds or name == "output":
                 continue
-            for G in (32, 64, 128):
+            for G in groups:
                 kind = f"{i4} g{G}"
                 c4 = copies * 3  # 3.5x fewer bytes than bf16 a copy
                 q4 = [Q.quantize_int4(ws[i % copies], G) for i in range(c4)]  # equal copies, separate memory
@@ -242,7 +246,7 @@ def main():
                 del q4
         if "floor" in kinds and name != "output":  # as many bytes as each kind's product reads, read and nothing else
             for what, nb in (("bf16", nb16), ("int8", n * k + 2 * n),
-                             *((f"int4 g{G}", n * k // 2 + 4 * n * (k // G)) for G in (32, 64, 128))):
+                             *((f"int4 g{G}", n * k // 2 + 4 * n * (k // G)) for G in groups)):
                 bufs = [torch.empty(-(-nb // 16) * 4, device=dev, dtype=torch.int32) for _ in range(
                     max(2, math.ceil(256e6 / nb)))]
                 for c, b, nw in GRID_READ:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# exp (session 18): int4 g32 through the float16-pair kernel end to end, the final int4 rule's GPU check, a g32 sweep.
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+bench() { local name=$1; shift; timeout 110 python3 scripts/bench.py --json "$OUT/$name.json" "$@" 2>&1 \
+  | tee "$OUT/$name.log" | grep "^| \|bandwidth" | tail -3; }
+cfg() { echo "{\"int4_f16\": {\"BLOCK_N\": $1, \"BLOCK_K\": $2, \"num_warps\": $3}, \"int4_f16_gated\": {\"BLOCK_N\": $4, \"BLOCK_K\": $5, \"num_warps\": $6}}" > /tmp/$7.json; }
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv
+case "${1:-a}" in
+  a)
+    bench g32_f32 --modes int4 --runs 2
+    cfg 4 2048 2 4 2048 2 c; GPTFAST_INT4_F16_GROUPS=32,64,128 GPTFAST_GEMV_CONFIGS=/tmp/c.json bench g32_f16_c --modes int4 --runs 2
+    cfg 4 2048 2 8 1024 1 d; GPTFAST_INT4_F16_GROUPS=32,64,128 GPTFAST_GEMV_CONFIGS=/tmp/d.json bench g32_f16_d --modes int4 --runs 2
+    timeout 150 python3 scripts/gpu_check_quant.py 2>&1 | tee "$OUT/gpu_check_quant.log" | grep "check\|correctness"
+    timeout 170 python3 scripts/bench_gemv.py --kinds int4,int4_f16 --groups 32 --budget_s 70 --json "$OUT/gemv_g32.json" 2>&1 \
+      | tee "$OUT/gemv_g32.log" | grep -v -i warn | tail -30 ;;
+esac

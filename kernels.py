@@ -126,9 +126,8 @@ def _use_triton(x: Tensor, rows: int = 1) -> bool:
 
 # GPTFAST_INT8_F32=1 keeps one-row int8 products in _gemv_kernel's float32 arithmetic instead of float16 pairs.
 USE_INT8_F16 = USE_TRITON and not os.environ.get("GPTFAST_INT8_F32") and not os.environ.get("TRITON_INTERPRET")
-# GPTFAST_INT4_F32=1 keeps int4 products of groups of 64 and 128 in _int4_gemv_kernel instead of float16 pairs.
+# GPTFAST_INT4_F32=1 keeps int4 products in _int4_gemv_kernel instead of float16 pairs.
 USE_INT4_F16 = USE_TRITON and not os.environ.get("GPTFAST_INT4_F32") and not os.environ.get("TRITON_INTERPRET")
-INT4_F16_GROUPS = tuple(int(G) for G in os.environ.get("GPTFAST_INT4_F16_GROUPS", "64,128").split(","))  # exp
 
 
 _f16x2_devices: dict[int, bool] = {}
@@ -152,11 +151,13 @@ def f16_fits(x: Tensor, weight: Tensor) -> bool:
             and x.data_ptr() % 4 == 0 and weight.data_ptr() % 4 == 0 and _f16x2_device(x))
 
 
-def int4_launch_args(x: Tensor, groupsize: int, gated: bool = False) -> dict:
-    """int4_gemv_launch's kernel and launch shape for x: the float16-pair kernel for groups of 64 and 128 (where it
-    measured faster; not at 32) and 16-bit x on a GPU that runs it, else _int4_gemv_kernel at CONFIGS[groupsize]."""
-    if USE_INT4_F16 and groupsize in INT4_F16_GROUPS and x.dtype in (torch.bfloat16, torch.float16) and _f16x2_device(x):
-        return dict(**CONFIGS["int4_f16_gated" if gated else "int4_f16"], f16=True)
+def int4_launch_args(x: Tensor, groupsize: int, rows: int) -> dict:
+    """int4_gemv_launch's kernel and launch shape for x and a weight of `rows` rows (a gated one's gate and up rows
+    together): the float16-pair kernel for groups of 32, 64 and 128 and 16-bit x on a GPU that runs it, at launch
+    shape int4_f16_wide from INT4_WIDE_ROWS rows (more programs of one warp, enough of them to fill the GPU), else
+    int4_f16; otherwise _int4_gemv_kernel at CONFIGS[groupsize]."""
+    if USE_INT4_F16 and groupsize in (32, 64, 128) and x.dtype in (torch.bfloat16, torch.float16) and _f16x2_device(x):
+        return dict(**CONFIGS["int4_f16_wide" if rows >= INT4_WIDE_ROWS else "int4_f16"], f16=True)
     return dict(CONFIGS[groupsize])
 
 
@@ -355,8 +356,8 @@ CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8_f16_gated": dict(BLOCK_N=2, BLOCK_K=2048, num_warps=4),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
-           "int4_f16": dict(BLOCK_N=8, BLOCK_K=4096, num_warps=4),
-           "int4_f16_gated": dict(BLOCK_N=8, BLOCK_K=4096, num_warps=4),
+           "int4_f16": dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2),
+           "int4_f16_wide": dict(BLOCK_N=8, BLOCK_K=1024, num_warps=1),
            **{G: dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):
     import json
@@ -368,6 +369,7 @@ if os.environ.get("GPTFAST_GEMV_CONFIGS"):
                          f"the keys are {sorted(map(str, CONFIGS))}")
     CONFIGS.update(_given)
 
+INT4_WIDE_ROWS = 8192  # int4_f16_wide from this many weight rows: 7B wqkv (12288) and w13 (22016), not wo or w2 (4096)
 _warned = False
 
 if triton is not None:
@@ -1118,7 +1120,7 @@ if triton is not None:
         try:
             y = int4_gemv_launch(x.reshape(-1, x.shape[-1]).contiguous(), weight, scales, zeros, groupsize, gated=gated,
                                  residual=None if residual is None else residual.reshape(-1, residual.shape[-1]).contiguous(),
-                                 **int4_launch_args(x, groupsize, gated))
+                                 **int4_launch_args(x, groupsize, weight.shape[0]))
         except Exception as e:  # noqa: BLE001 -- a Triton release that cannot build it: slower but correct
             global _warned
             if not _warned:

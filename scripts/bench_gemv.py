@@ -217,8 +217,8 @@ def main():
         for i4, f16 in (("int4", False), ("int4_f16", True)):  # int4_f16: _int4_f16_gemv_kernel
             if i4 not in kinds or name == "output":
                 continue
-            for G in groups:
-                kind = f"{i4} g{G}"
+            for G in groups:  # int4_f16 products of K.INT4_WIDE_ROWS rows or more run launch shape int4_f16_wide
+                kind = f"{i4}{'_wide' if f16 and n >= K.INT4_WIDE_ROWS else ''} g{G}"
                 c4 = copies * 3  # 3.5x fewer bytes than bf16 a copy
                 q4 = [Q.quantize_int4(ws[i % copies], G) for i in range(c4)]  # equal copies, separate memory
                 nb4 = n * k // 2 + 2 * n * (k // G) * 2
@@ -272,7 +272,8 @@ def main():
               "; ".join(f"{f[6:]} {sum(min(r['us'] for r in rows if r['kind'] == f and r['shape'] == sh) for sh in BLOCK):.1f} us"
                         for f in floors), flush=True)
     print("\nbest launch shapes over the products each kind runs in the model (bf16: wo and w2; int8_f16: wqkv, wo, "
-          "w2; int8_f16_gated: w13; the others: wqkv, wo, w13, w2), sum of us:")
+          "w2; int8_f16_gated: w13; int4_f16_wide: those of K.INT4_WIDE_ROWS rows or more, int4_f16 the rest; the others: "
+          "wqkv, wo, w13, w2), sum of us:")
     best = {}
     for kind in sorted({r["kind"] for r in rows if r["kind"] != "int4 g32 prefill" and not r["kind"].startswith("floor")}):
         ranked, shapes = best_configs(rows, kind, 5)
@@ -284,7 +285,7 @@ def main():
                 print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
         if ranked and kind.startswith("int4_f16"):  # one launch shape for every group size: g128's
             if kind.endswith(" g128"):
-                best["int4_f16"] = ranked[0][1]
+                best[kind.split(" ")[0]] = ranked[0][1]  # "int4_f16_wide g128" -> int4_f16_wide
         elif ranked:
             named = not kind.startswith("int4")
             best[kind if named else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32

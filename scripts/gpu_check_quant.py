@@ -148,36 +148,41 @@ def main():
         for G in (32, 64, 128):
             pk, s4, z4 = Q.quantize_int4(w, G)
             ref = x.float() @ K.dequantize_int4(pk, s4, z4, G).t()
-            y = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.int4_launch_args(x, G))  # not the op: it falls back on errors
+            args = K.int4_launch_args(x, G, pk.shape[0])  # the float16-pair kernel (f16=True) on sm_80 and later
+            y = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **args)  # not the op: it falls back on errors
             err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+            y32 = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.CONFIGS[G])  # the float32-word kernel
+            err32 = ((y32.float() - ref).abs().max() / ref.abs().max()).item()
             err_i = ((int4_inductor(x, pk, s4, z4, G).float() - ref).abs().max() / ref.abs().max()).item()
-            ok &= err < 1e-2 and err_i < 1e-2
+            ok &= err < 1e-2 and err32 < 1e-2 and err_i < 1e-2
             try:
                 tg = ((tinygemm_fn(pk, s4, z4, G)(x).float() - ref).abs().max() / ref.abs().max()).item()
             except Exception as e:  # the private op's signature changes between releases
                 tg = f"failed ({type(e).__name__}: {str(e)[:80]})"
             ok &= isinstance(tg, float) and tg < 1e-2
-            print(f"check int4 g{G} {name}: max rel err {err:.2e}, inductor {err_i:.2e} (tinygemm vs same reference: {tg})", flush=True)
+            print(f"check int4 g{G} {name}: max rel err {err:.2e} ({args}), float32-word kernel {err32:.2e}, "
+                  f"inductor {err_i:.2e} (tinygemm vs same reference: {tg})", flush=True)
             if G in (32, 128):  # 5 rows (a grid row each), the residual add and (w13) the SwiGLU in the GEMV, as for
-                # int8, for each of the two kernels (int4_launch_args)
+                # int8: at g32 in the float32-word kernel, at g128 in the float16-pair one
+                args = args if G == 128 else K.CONFIGS[G]
                 ref5 = x5.float() @ K.dequantize_int4(pk, s4, z4, G).t()
-                y5 = K.int4_gemv_launch(x5, pk, s4, z4, G, **K.int4_launch_args(x5, G)).float()
+                y5 = K.int4_gemv_launch(x5, pk, s4, z4, G, **args).float()
                 err5 = ((y5 - ref5).abs().max() / ref5.abs().max()).item()
                 ok &= err5 < 1e-2
                 print(f"check int4 g{G} {name} 5 rows: max rel err {err5:.2e}", flush=True)
-                y_r = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.int4_launch_args(x, G), residual=r.view(-1)).float()
+                y_r = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **args, residual=r.view(-1)).float()
                 err_r = ((y_r - r.float() - ref).abs().max() / ref.abs().max()).item()
                 ok &= err_r < 1e-2
                 print(f"check int4 g{G} {name} with the residual: max rel err {err_r:.2e}", flush=True)
                 xo = x * 3e4  # the float16-pair kernel's group sums overflow: each program sums again in float32
-                y_o = K.int4_gemv_launch(xo.view(-1), pk, s4, z4, G, **K.int4_launch_args(xo, G)).float()
+                y_o = K.int4_gemv_launch(xo.view(-1), pk, s4, z4, G, **K.int4_launch_args(xo, G, pk.shape[0])).float()
                 err_o = ((y_o - 3e4 * ref).abs().max() / (3e4 * ref).abs().max()).item()
                 ok &= err_o < 1e-2
                 print(f"check int4 g{G} {name}, x = 3e4: max rel err {err_o:.2e}", flush=True)
                 if name == "w13":
                     gate, up = ref.chunk(2, dim=-1)
                     ref_g = F.silu(gate) * up
-                    y_g = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **K.int4_launch_args(x, G), gated=True).float()
+                    y_g = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **args, gated=True).float()
                     err_g = ((y_g - ref_g).abs().max() / ref_g.abs().max()).item()
                     ok &= err_g < 1e-2
                     print(f"check int4 g{G} w13 with the SwiGLU: max rel err {err_g:.2e}", flush=True)
@@ -263,8 +268,11 @@ def main():
                   lambda n, c: (tinygemm_fn(*quantized(G, n, c), G), nbytes(*quantized(G, n, c))))
         except Exception as e:
             print(f"int4 g{G} tinygemm failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
-        bench(f"int4 g{G} triton default " + str(K.int4_launch_args(torch.empty(0, dtype=torch.bfloat16), G)),
-              lambda n, c: ((lambda x, t=quantized(G, n, c): K.int4_gemv_launch(x.view(-1), *t, G, **K.int4_launch_args(x, G))),
+        bench(f"int4 g{G} triton (int4_launch_args)",
+              lambda n, c: ((lambda x, t=quantized(G, n, c): K.int4_gemv_launch(
+                  x.view(-1), *t, G, **K.int4_launch_args(x, G, t[0].shape[0]))), nbytes(*quantized(G, n, c))))
+        bench(f"int4 g{G} triton float32 words " + str(K.CONFIGS[G]),
+              lambda n, c: ((lambda x, t=quantized(G, n, c): K.int4_gemv_launch(x.view(-1), *t, G, **K.CONFIGS[G])),
                             nbytes(*quantized(G, n, c))))
     cache.clear()
     del weights

@@ -466,15 +466,21 @@ def test_int4_f16_gemv_in_interpreter():
 
 
 def test_int4_launch_args_rule(monkeypatch):
-    """The model runs the float16-pair int4 kernel for groups of 64 and 128 with 16-bit x (where it measured faster)
-    on a GPU that runs it, and the other kernel at groups 32 and 256, for float32 x and off such a GPU."""
+    """The model runs the float16-pair int4 kernel for groups of 32, 64 and 128 with 16-bit x on a GPU that runs it,
+    at the wide launch shape for weights of INT4_WIDE_ROWS rows or more, and the other kernel at group 256, for
+    float32 x and off such a GPU."""
     pytest.importorskip("triton")
     b16, f16, f32 = (torch.empty(0, dtype=d) for d in (torch.bfloat16, torch.float16, torch.float32))
-    assert not K.int4_launch_args(b16, 128).get("f16")  # a CPU tensor: no such GPU
+    wide, narrow = K.INT4_WIDE_ROWS, K.INT4_WIDE_ROWS - 1
+    assert not K.int4_launch_args(b16, 128, wide).get("f16")  # a CPU tensor: no such GPU
     monkeypatch.setattr(K, "_f16x2_device", lambda x: True)
-    assert all(K.int4_launch_args(x, G).get("f16") for x in (b16, f16) for G in (64, 128))
-    assert not any(K.int4_launch_args(x, G).get("f16") for x, G in ((b16, 32), (b16, 256), (f32, 128)))
-    assert K.int4_launch_args(b16, 32) == K.CONFIGS[32]
+    for x in (b16, f16):
+        for G in (32, 64, 128):
+            assert K.int4_launch_args(x, G, wide) == dict(**K.CONFIGS["int4_f16_wide"], f16=True)
+            assert K.int4_launch_args(x, G, narrow) == dict(**K.CONFIGS["int4_f16"], f16=True)
+    assert K.CONFIGS["int4_f16_wide"] != K.CONFIGS["int4_f16"]
+    assert K.int4_launch_args(b16, 256, wide) == K.CONFIGS[256]
+    assert K.int4_launch_args(f32, 32, wide) == K.CONFIGS[32]
 
 
 def test_int8_compiled_decode_matches_eager(stories_int8):

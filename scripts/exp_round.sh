@@ -18,7 +18,7 @@ case "${1:-a}" in
     bench int4_new --modes int4,int4-g64,int4-g128 --runs 2
     GPTFAST_INT4_F32=1 bench int4_f32 --modes int4,int4-g64,int4-g128 --runs 2
     timeout 150 python3 scripts/gpu_check_quant.py 2>&1 | tee "$OUT/gpu_check_quant.log" | grep "check int4\|correctness\|int4 g"
-    timeout 120 python3 scripts/bench_gemv.py --kinds int4_f16 --groups 64,128 --budget_s 50 --json "$OUT/gemv_f16.json" \
+    timeout 120 python3 scripts/bench_gemv.py --kinds int4_f16 --groups 64,128 --budget_s 50 \
       --configs_out "$OUT/cfg.json" 2>&1 | tee "$OUT/gemv_f16.log" | grep -A30 "best launch"
     timeout 150 python3 scripts/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log" | grep -v -i warn | tail -8 ;;
 esac

@@ -157,7 +157,8 @@ def int4_launch_args(x: Tensor, groupsize: int, rows: int) -> dict:
     shape int4_f16_wide from INT4_WIDE_ROWS rows (more programs of one warp, enough of them to fill the GPU), else
     int4_f16; otherwise _int4_gemv_kernel at CONFIGS[groupsize]."""
     if USE_INT4_F16 and groupsize in (32, 64, 128) and x.dtype in (torch.bfloat16, torch.float16) and _f16x2_device(x):
-        return dict(**CONFIGS["int4_f16_wide" if rows >= INT4_WIDE_ROWS else "int4_f16"], f16=True)
+        key = "int4_f16_wide" if rows >= INT4_WIDE_ROWS else "int4_f16_g32" if groupsize == 32 else "int4_f16"
+        return dict(**CONFIGS[key], f16=True)
     return dict(CONFIGS[groupsize])
 
 
@@ -356,7 +357,8 @@ CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8_f16_gated": dict(BLOCK_N=2, BLOCK_K=2048, num_warps=4),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
-           "int4_f16": dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2),
+           "int4_f16": dict(BLOCK_N=8, BLOCK_K=4096, num_warps=4),
+           "int4_f16_g32": dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2),
            "int4_f16_wide": dict(BLOCK_N=8, BLOCK_K=1024, num_warps=1),
            **{G: dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2) for G in (32, 64, 128, 256)}}
 if os.environ.get("GPTFAST_GEMV_CONFIGS"):

@@ -283,9 +283,9 @@ def main():
                    if r["kind"] == kind and r["variant"] == base and r["shape"] in USES.get(kind, BLOCK)]
             if ref:
                 print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
-        if ranked and kind.startswith("int4_f16"):  # one launch shape for every group size: g128's
-            if kind.endswith(" g128"):
-                best[kind.split(" ")[0]] = ranked[0][1]  # "int4_f16_wide g128" -> int4_f16_wide
+        if ranked and kind.startswith("int4_f16"):  # int4_f16_wide and int4_f16: g128's; int4_f16_g32
+            if kind.endswith(" g128") or kind == "int4_f16 g32":
+                best[kind.replace(" g128", "").replace(" ", "_")] = ranked[0][1]  # "int4_f16_wide g128" -> int4_f16_wide
         elif ranked:
             named = not kind.startswith("int4")
             best[kind if named else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32

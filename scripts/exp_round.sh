@@ -2,7 +2,7 @@
 # exp (session 18): int4 g32 through the float16-pair kernel end to end, the final int4 rule's GPU check, a g32 sweep.
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-bench() { local name=$1; shift; timeout 200 python3 scripts/bench.py --json "$OUT/$name.json" "$@" 2>&1 \
+bench() { local name=$1; shift; timeout 300 python3 scripts/bench.py --json "$OUT/$name.json" "$@" 2>&1 \
   | tee "$OUT/$name.log" | grep "^| \|bandwidth" | tail -3; }
 cfg() { echo "{\"int4_f16\": {\"BLOCK_N\": $1, \"BLOCK_K\": $2, \"num_warps\": $3}, \"int4_f16_gated\": {\"BLOCK_N\": $4, \"BLOCK_K\": $5, \"num_warps\": $6}}" > /tmp/$7.json; }
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv
@@ -21,4 +21,8 @@ case "${1:-a}" in
     timeout 120 python3 scripts/bench_gemv.py --kinds int4_f16 --groups 64,128 --budget_s 50 \
       --configs_out "$OUT/cfg.json" 2>&1 | tee "$OUT/gemv_f16.log" | grep -A30 "best launch"
     timeout 150 python3 scripts/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log" | grep -v -i warn | tail -8 ;;
+  c)
+    bench all --modes bf16,int8,int4,int4-g64,int4-g128 --runs 2
+    timeout 150 python3 scripts/bench_gemv.py --kinds int8_f16 --budget_s 70 --json "$OUT/gemv_int8.json" 2>&1 \
+      | tee "$OUT/gemv_int8.log" | grep -A12 "best launch" ;;
 esac

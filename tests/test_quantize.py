@@ -477,8 +477,9 @@ def test_int4_launch_args_rule(monkeypatch):
     for x in (b16, f16):
         for G in (32, 64, 128):
             assert K.int4_launch_args(x, G, wide) == dict(**K.CONFIGS["int4_f16_wide"], f16=True)
-            assert K.int4_launch_args(x, G, narrow) == dict(**K.CONFIGS["int4_f16"], f16=True)
-    assert K.CONFIGS["int4_f16_wide"] != K.CONFIGS["int4_f16"]
+            assert K.int4_launch_args(x, G, narrow) == dict(**K.CONFIGS["int4_f16_g32" if G == 32 else "int4_f16"],
+                                                            f16=True)
+    assert len({str(K.CONFIGS[k]) for k in ("int4_f16_wide", "int4_f16", "int4_f16_g32")}) == 3
     assert K.int4_launch_args(b16, 256, wide) == K.CONFIGS[256]
     assert K.int4_launch_args(f32, 32, wide) == K.CONFIGS[32]
 

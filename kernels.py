@@ -154,10 +154,10 @@ def f16_fits(x: Tensor, weight: Tensor) -> bool:
 def int4_launch_args(x: Tensor, groupsize: int, rows: int) -> dict:
     """int4_gemv_launch's kernel and launch shape for x and a weight of `rows` rows (a gated one's gate and up rows
     together): the float16-pair kernel for groups of 32, 64 and 128 and 16-bit x on a GPU that runs it, at launch
-    shape int4_f16_wide from INT4_WIDE_ROWS rows (more programs of one warp, enough of them to fill the GPU), else
+    shape int4_f16_wide from WIDE_ROWS rows (more programs of one warp, enough of them to fill the GPU), else
     int4_f16; otherwise _int4_gemv_kernel at CONFIGS[groupsize]."""
     if USE_INT4_F16 and groupsize in (32, 64, 128) and x.dtype in (torch.bfloat16, torch.float16) and _f16x2_device(x):
-        key = "int4_f16_wide" if rows >= INT4_WIDE_ROWS else "int4_f16_g32" if groupsize == 32 else "int4_f16"
+        key = "int4_f16_wide" if rows >= WIDE_ROWS else "int4_f16_g32" if groupsize == 32 else "int4_f16"
         return dict(**CONFIGS[key], f16=True)
     return dict(CONFIGS[groupsize])
 
@@ -355,6 +355,7 @@ CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
            "int8_f16": dict(BLOCK_N=8, BLOCK_K=2048, num_warps=4),
            "int8_f16_gated": dict(BLOCK_N=2, BLOCK_K=2048, num_warps=4),
+           "int8_f16_wide": dict(BLOCK_N=8, BLOCK_K=512, num_warps=1),
            "skinny": dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=5),
            "skinny_int8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3),
            "int4_f16": dict(BLOCK_N=8, BLOCK_K=4096, num_warps=4),
@@ -371,7 +372,7 @@ if os.environ.get("GPTFAST_GEMV_CONFIGS"):
                          f"the keys are {sorted(map(str, CONFIGS))}")
     CONFIGS.update(_given)
 
-INT4_WIDE_ROWS = 8192  # int4_f16_wide from this many weight rows: 7B wqkv (12288) and w13 (22016), not wo or w2 (4096)
+WIDE_ROWS = 12288  # int8_f16_wide and int4_f16_wide from this many weight rows: 7B wqkv and w13, not wo or w2 (4096)
 _warned = False
 
 if triton is not None:
@@ -1096,7 +1097,8 @@ if triton is not None:
         x1, r1 = x.reshape(-1).contiguous(), None if residual is None else residual.reshape(-1).contiguous()
         if scales is not None and f16_fits(x1, weight):
             y = int8_f16_gemv_launch(x1, weight, scales, gated=gated, residual=r1,
-                                     **CONFIGS["int8_f16_gated" if gated else "int8_f16"])
+                                     **CONFIGS["int8_f16_gated" if gated else "int8_f16_wide"
+                                               if weight.shape[0] >= WIDE_ROWS else "int8_f16"])
         else:
             y = gemv_launch(x1, weight, scales, gated=gated, residual=r1,
                             **CONFIGS["bf16" if scales is None else "int8_gated" if gated else "int8"])

@@ -103,7 +103,7 @@ GRID4F = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # int4_f16 also: more rows
           for bn, bk, nw in ((16, 4096, 8), (16, 2048, 4), (8, 8192, 8), (32, 2048, 8))]
 BLOCK = ("wqkv", "wo", "w13", "w2")
 # The products whose launch shape a kind sets in the model (bf16: kernels.linear's gemv layers); other kinds: BLOCK.
-USES = {"bf16": ("wo", "w2"), "int8_f16": ("wqkv", "wo", "w2"), "int8_f16_gated": ("w13",)}
+USES = {"bf16": ("wo", "w2")}
 
 
 def label(cfg: dict) -> str:
@@ -205,7 +205,7 @@ def main():
             gated = name == "w13"  # as the model runs it: with the SwiGLU
             ref8 = (x.float() @ q8[0][0].float().t()) * q8[0][1].float()
             ref8 = F.silu(ref8[:, :n // 2]) * ref8[:, n // 2:] if gated else ref8
-            kind = "int8_f16_gated" if gated else "int8_f16"
+            kind = "int8_f16_gated" if gated else "int8_f16_wide" if n >= K.WIDE_ROWS else "int8_f16"
             for cfg in GRID8F:
                 if gated and 2 * cfg["BLOCK_N"] * cfg["BLOCK_K"] > 128 * 32 * cfg["num_warps"]:
                     continue  # gate and up tiles: registers spill
@@ -217,8 +217,8 @@ def main():
         for i4, f16 in (("int4", False), ("int4_f16", True)):  # int4_f16: _int4_f16_gemv_kernel
             if i4 not in kinds or name == "output":
                 continue
-            for G in groups:  # int4_f16 products of K.INT4_WIDE_ROWS rows or more run launch shape int4_f16_wide
-                kind = f"{i4}{'_wide' if f16 and n >= K.INT4_WIDE_ROWS else ''} g{G}"
+            for G in groups:  # int4_f16 products of K.WIDE_ROWS rows or more run launch shape int4_f16_wide
+                kind = f"{i4}{'_wide' if f16 and n >= K.WIDE_ROWS else ''} g{G}"
                 c4 = copies * 3  # 3.5x fewer bytes than bf16 a copy
                 q4 = [Q.quantize_int4(ws[i % copies], G) for i in range(c4)]  # equal copies, separate memory
                 nb4 = n * k // 2 + 2 * n * (k // G) * 2
@@ -271,9 +271,9 @@ def main():
         print("\nfloor: the fastest read of each product's bytes, sum over " + ", ".join(BLOCK) + ":",
               "; ".join(f"{f[6:]} {sum(min(r['us'] for r in rows if r['kind'] == f and r['shape'] == sh) for sh in BLOCK):.1f} us"
                         for f in floors), flush=True)
-    print("\nbest launch shapes over the products each kind runs in the model (bf16: wo and w2; int8_f16: wqkv, wo, "
-          "w2; int8_f16_gated: w13; int4_f16_wide: those of K.INT4_WIDE_ROWS rows or more, int4_f16 the rest; the others: "
-          "wqkv, wo, w13, w2), sum of us:")
+    print(f"\nbest launch shapes over the products each kind runs in the model (bf16: wo and w2; int8_f16_gated: w13; "
+          f"int8_f16_wide, int4_f16_wide: the others of {K.WIDE_ROWS} rows or more; int8_f16, int4_f16: the rest; "
+          "int4 by group size: wqkv, wo, w13, w2), sum of us:")
     best = {}
     for kind in sorted({r["kind"] for r in rows if r["kind"] != "int4 g32 prefill" and not r["kind"].startswith("floor")}):
         ranked, shapes = best_configs(rows, kind, 5)

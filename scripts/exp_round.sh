@@ -3,7 +3,7 @@
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 bench() { local name=$1; shift; timeout 300 python3 scripts/bench.py --json "$OUT/$name.json" "$@" 2>&1 \
-  | tee "$OUT/$name.log" | grep "^| \|bandwidth" | tail -3; }
+  | tee "$OUT/$name.log" | grep "^| \|bandwidth" | tail -6; }
 cfg() { echo "{\"int4_f16\": {\"BLOCK_N\": $1, \"BLOCK_K\": $2, \"num_warps\": $3}, \"int4_f16_gated\": {\"BLOCK_N\": $4, \"BLOCK_K\": $5, \"num_warps\": $6}}" > /tmp/$7.json; }
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv
 case "${1:-a}" in
@@ -25,4 +25,10 @@ case "${1:-a}" in
     bench all --modes bf16,int8,int4,int4-g64,int4-g128 --runs 2
     timeout 150 python3 scripts/bench_gemv.py --kinds int8_f16 --budget_s 70 --json "$OUT/gemv_int8.json" 2>&1 \
       | tee "$OUT/gemv_int8.log" | grep -A12 "best launch" ;;
+  d)
+    bench new --modes int8,int4,int4-g128 --runs 2
+    echo '{"int8_f16_wide": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4}}' > /tmp/o.json
+    GPTFAST_GEMV_CONFIGS=/tmp/o.json bench int8_old --modes int8 --runs 2
+    bench new2 --modes int8 --runs 2
+    timeout 150 python3 scripts/gpu_check_quant.py 2>&1 | tee "$OUT/gpu_check_quant.log" | grep "int8 wqkv\|correctness\|int8 triton\|int4 g.* triton" ;;
 esac

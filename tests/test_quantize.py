@@ -467,11 +467,11 @@ def test_int4_f16_gemv_in_interpreter():
 
 def test_int4_launch_args_rule(monkeypatch):
     """The model runs the float16-pair int4 kernel for groups of 32, 64 and 128 with 16-bit x on a GPU that runs it,
-    at the wide launch shape for weights of INT4_WIDE_ROWS rows or more, and the other kernel at group 256, for
+    at the wide launch shape for weights of WIDE_ROWS rows or more, and the other kernel at group 256, for
     float32 x and off such a GPU."""
     pytest.importorskip("triton")
     b16, f16, f32 = (torch.empty(0, dtype=d) for d in (torch.bfloat16, torch.float16, torch.float32))
-    wide, narrow = K.INT4_WIDE_ROWS, K.INT4_WIDE_ROWS - 1
+    wide, narrow = K.WIDE_ROWS, K.WIDE_ROWS - 1
     assert not K.int4_launch_args(b16, 128, wide).get("f16")  # a CPU tensor: no such GPU
     monkeypatch.setattr(K, "_f16x2_device", lambda x: True)
     for x in (b16, f16):

@@ -346,10 +346,16 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # against 33.1 for (4, 1024, 4)) and run 142 (57.7 us; (4, 1024, 4) not among the five best, which were within 3%);
 # end to end on H200s, against (4, 1024, 4): 7B int8 416.1 tok/s against 411.7-411.8, 70B int8 on two 91.6-91.7
 # against 90.7-90.8 (runs 142-143).
-# int4_f16 (the float16-pair int4 GEMV, groups of 64 and 128): (8, 4096, 4), over every product the one shape that all
-# of a 40 s sweep's shapes ran on an H100 (2026-11-28, BENCHMARKS.md run 163; the sweep stopped early, and (8, 1024, 1)
-# was faster on wqkv and w13: 11.8-13.0 and 19.3 us against 13.2-14.0 and 21.7); 7B int4 g128 decode 491.3 tok/s with it
-# against 458.3.
+# The _wide shapes serve weights of WIDE_ROWS rows or more (7B: wqkv, and w13 in int4): programs of one warp, of which
+# such a weight has enough to fill the GPU (7B wo and w2, 4096 rows, lose with them). On an H200 (2026-11-28,
+# BENCHMARKS.md runs 164-167): int8_f16_wide (8, 512, 1), the best of 29 shapes on 7B wqkv, 14.7 us against 16.3 at
+# int8_f16's; 7B int8 decode 445.4-445.5 tok/s against 434.8-435.0. int4_f16_wide (8, 1024, 1), the best of 13 shapes
+# on wqkv and w13 at g32, g64 and g128 (but w13 g128: 16.9 us against 16.8 for (8, 2048, 2)).
+# int4_f16 (the float16-pair int4 GEMV on the other weights, groups of 64 and 128): (8, 4096, 4), the best on wo and
+# w2 at g64 and g128 on an H200 (run 165; 15.3 us against 16.3 for (4, 2048, 2) at g128), and on an H100 (run 163).
+# At g32 it took 23.5 us there: int4_f16_g32 (4, 2048, 2), 18.8 us, the best at g32 (run 164). 7B int4 decode on an
+# H200 with these shapes against the float32-word kernel at (4, 2048, 2): g32 510.7-512.0 tok/s against 440.2-441.4,
+# g64 537.5 against 432.3, g128 574.0-574.8 against 493.0 (runs 164-167).
 CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
@@ -600,7 +606,9 @@ if triton is not None:
         # (4.2 instructions a weight against 10 for dequantizing each nibble; a 7B block on an H100 20% faster
         # than tinygemm at g32, 10-14% at g128, about even at g64: BENCHMARKS.md runs 90-98.)
         # GATED and RESIDUAL as in _gemv_kernel: a gated tile interleaves BLOCK_N rows of the gate (w's first
-        # N rows) with the same rows of the up projection (its last N).
+        # N rows) with the same rows of the up projection (its last N). The model runs the float16-pair kernel below
+        # where it can (int4_launch_args); this one takes float32 x, group 256, other GPUs (_f16x2_device) and
+        # GPTFAST_INT4_F32=1.
         NG: tl.constexpr = BLOCK_K // G  # groups a tile
         W: tl.constexpr = G // 8  # words a group
         KT: tl.constexpr = BLOCK_K // 8  # words a tile row
@@ -645,19 +653,18 @@ if triton is not None:
             tl.extra.cuda.gdc_launch_dependents()
         _int4_store(tl.sum(acc, axis=1), y_ptr, r_ptr, tile, N, BLOCK_N, GATED, RESIDUAL)
 
-    # int4 in float16 pairs, for groups of 64 and 128 (int4_launch_args): a word's 8 nibbles become four f16x2 pairs
-    # (q - 8) / 16 with one LOP3 and one f16x2 multiply-add a pair, which four f16x2 multiply-adds accumulate against
-    # pairs of x, and a group's words are summed in float16 before one conversion to float32 a group: 1.6
+    # int4 in float16 pairs, for groups of 32, 64 and 128 (int4_launch_args): a word's 8 nibbles become four f16x2
+    # pairs (q - 8) / 16 with one LOP3 and one f16x2 multiply-add a pair, which four f16x2 multiply-adds accumulate
+    # against pairs of x, and a group's words are summed in float16 before one conversion to float32 a group: 1.6
     # instructions a weight of arithmetic, 2.8-2.9 in the loop of the sm_90 build at (8, 4096, 4 warps), against 4.2
     # for _int4_gemv_kernel. A float16 lane sums G/2 products of at most |x| / 2 a group, so it cannot overflow while
     # |x| < 4094 * 64 / G; if one does, the program sums its rows again in float32 (_int4_rows_f32). Products below
     # float16's normal range (|x| under about 1e-3) lose precision, as in the int8 kernel: at G = 128, x drawn from
-    # normal(0, 1e-5) measured 0.8% off in Triton's interpreter, against 0.2% for _int4_gemv_kernel. On an H100, per 7B
-    # block: g128 52.8 us against 55.8-56.3, g64 56.1 against 62.1-62.4; 7B int4 g128 decode 491.3 tok/s against
-    # 458.3. At g32, at the launch shape measured end to end, it was no faster (66.0 us against 64.3, decode 417.4
-    # against 417.1; at (4, 2048, 2) its block took 60.9 us, not yet measured end to end), so g32 keeps the other
-    # kernel (BENCHMARKS.md runs 162-163). Inline PTX: CUDA only; the CPU tests interpret the helpers' PTX and run
-    # the kernel in Triton's interpreter with the helpers rewritten in Triton.
+    # normal(0, 1e-5) measured 0.8% off in Triton's interpreter, against 0.2% for _int4_gemv_kernel. Per 7B block on
+    # an H200 (gpu_check_quant.py, BENCHMARKS.md run 167), at CONFIGS' launch shapes against _int4_gemv_kernel's:
+    # g32 51.4 us against 59.2, g64 46.9 against 60.1, g128 42.8 against 52.9 (decode: CONFIGS' comment). Inline PTX:
+    # CUDA only; the CPU tests interpret the helpers' PTX and run the kernel in Triton's interpreter with the helpers
+    # rewritten in Triton.
     @triton.jit
     def _nibbles_dot_f16x2(w, x0, x1, x2, x3):  # the f16x2 pair of sums of w's (q - 8) / 16 times x
         # bits 0-3 and 16-19 of a word under 0x6400 read as the float16 pair 1024 + q, bits 4-7 and 20-23 as

@@ -1,7 +1,8 @@
 """Matrix-vector products of one layer's shapes (Llama-2-7B unless --shape), one shape at a time, on the GPU:
 
 python scripts/bench_gemv.py [--kinds bf16,skinny,skinny_int8,int8,int8_f16,int4,int4_f16,floor] [--shape llama-2-7b]
-                             [--tp 1] [--rows 8] [--groups 32,64,128] [--budget_s 300] [--json FILE] [--configs_out FILE]
+                             [--tp 1] [--rows 8] [--groups 32,64,128] [--budget_s 300] [--json FILE]
+                             [--configs_out FILE]
 
 For bf16 weights: cuBLAS (F.linear) and Inductor's kernel (F.linear compiled as compile_regions compiles
 the model: coordinate descent tuning, programmatic dependent launch; also with the RMSNorm in front, as wqkv
@@ -19,7 +20,8 @@ those bytes can beat (BENCHMARKS.md runs 158-162). The shapes are one layer of -
 bench.py's) as one of --tp tensor-parallel ranks holds it. Each timing replays a CUDA graph of one product per
 copy of the weights (copies enough to exceed the 50 MB L2), so the kernels' starts and ends overlap as in a
 decode step. Prints the variants per shape, best first, and the launch shape of each kind that is best over the
-products it runs together (bf16: wo and w2; the others: wqkv, wo, w13, w2); --configs_out writes those (for
+products it runs together (bf16: wo and w2; int8_f16 and int4_f16 apart for weights of kernels.WIDE_ROWS rows or
+more, the _wide kinds; int8_f16_gated: w13; the others: wqkv, wo, w13, w2); --configs_out writes those (for
 GPTFAST_GEMV_CONFIGS).
 """
 import argparse
@@ -285,7 +287,7 @@ def main():
                 print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
         if ranked and kind.startswith("int4_f16"):  # int4_f16_wide and int4_f16: g128's; int4_f16_g32
             if kind.endswith(" g128") or kind == "int4_f16 g32":
-                best[kind.replace(" g128", "").replace(" ", "_")] = ranked[0][1]  # "int4_f16_wide g128" -> int4_f16_wide
+                best[kind.replace(" g128", "").replace(" ", "_")] = ranked[0][1]  # "int4_f16 g32" -> int4_f16_g32
         elif ranked:
             named = not kind.startswith("int4")
             best[kind if named else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32

@@ -3,8 +3,9 @@
 python scripts/gpu_check_quant.py [--json FILE]
 
 1. Correctness: each Triton GEMV (int8: the float16-pair one, also with activations that overflow its float16 sums,
-   and the float32 one, also on bf16 weights, as wo and w2 of bf16 models run it; int4: the float16-pair one at groups
-   of 64 and 128 and the other at 32, at 128 and 32 also with 5 rows, the residual, the SwiGLU and x = 3e4), the
+   and the float32 one, also on bf16 weights, as wo and w2 of bf16 models run it; int4: both kernels at groups of 32, 64
+   and 128, and with 5 rows, the residual and the SwiGLU the float16-pair one at 128 and the other at 32, and x = 3e4
+   (the float16-pair kernel's float32 fallback) at 32 and 128), the
    compiled PyTorch one-row paths and tinygemm (the layout pack_for_device loads int4 layers into on CUDA with
    GPTFAST_INT4=tinygemm) against the PyTorch path (dequantize in float32, then matmul) on the Llama-2-7B layer
    shapes with bf16 activations, and a small int4 model's logits before and after pack_for_device; exit status 1
@@ -253,7 +254,7 @@ def main():
     bench("bf16 F.linear (cuBLAS)", lambda n, c: ((lambda x, w=weights[n][c]: F.linear(x, w)), nbytes(weights[n][c])))
     bench("int8 PyTorch path (eager, dequantize+matmul)",
           lambda n, c: ((lambda x, t=quantized(8, n, c): F.linear(x, t[0].to(bf16)) * t[1]), nbytes(*quantized(8, n, c))))
-    bench("int8 triton float16 pairs " + str(K.CONFIGS["int8_f16"]),
+    bench("int8 triton float16 pairs (kernels.gemv)",
           lambda n, c: ((lambda x, t=quantized(8, n, c): torch.ops.gptfast.gemv(x, *t)), nbytes(*quantized(8, n, c))))
     bench("int8 triton float32 " + str(K.CONFIGS["int8"]),
           lambda n, c: ((lambda x, t=quantized(8, n, c): K.gemv_launch(x.view(-1), *t, **K.CONFIGS["int8"])),

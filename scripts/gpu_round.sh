@@ -3,8 +3,8 @@
 # engine's GPU check and the bf16 rows BENCHMARKS.md cites; `quant` the quantized kernels' check and the int8/int4
 # rows, int8 with and without the SwiGLU in the w13 GEMV (GPTFAST_NO_GATED=1: a SwiGLU kernel of its own), with and
 # without the residual add in the wo and w2 GEMVs (GPTFAST_NO_FUSED_ADD=1) and with and without the skinny kernel for
-# 2-16 rows (GPTFAST_NO_SKINNY=1: the old dequantize + cuBLAS), int4 on the Triton GEMVs (g64 and g128 also on the
-# float32-word one, GPTFAST_INT4_F32=1) and on tinygemm (GPTFAST_INT4=tinygemm); `tp N` tensor parallel on N
+# 2-16 rows (GPTFAST_NO_SKINNY=1: the old dequantize + cuBLAS), int4 on the Triton GEMVs (float16 pairs, and the
+# float32-word one with GPTFAST_INT4_F32=1) and on tinygemm (GPTFAST_INT4=tinygemm); `tp N` tensor parallel on N
 # GPUs: gpu_check_tp.py, then bench.py on one GPU, the 7B shape on N and the 70B shape (bf16, int8) on N.
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -23,7 +23,7 @@ case "${1:-engine}" in
     GPTFAST_NO_FUSED_ADD=1 bench int8_no_fused_add --modes int8 --runs 2
     GPTFAST_NO_SKINNY=1 bench int8_no_skinny --modes int8 --batch_sizes 8 --runs 2
     bench int4 --modes int4,int4-g64,int4-g128 --runs 2
-    GPTFAST_INT4_F32=1 bench int4_f32 --modes int4-g64,int4-g128 --runs 2
+    GPTFAST_INT4_F32=1 bench int4_f32 --modes int4,int4-g64,int4-g128 --runs 2
     GPTFAST_INT4=tinygemm bench int4_tinygemm --modes int4,int4-g128 --runs 2
     timeout 100 python3 scripts/bench_gemv.py --kinds skinny_int8 --rows 5 --budget_s 60 2>&1 \
       | tee "$OUT/gemv_skinny_int8.log" | grep -A2 "best launch shapes" ;;

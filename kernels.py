@@ -151,6 +151,12 @@ def f16_fits(x: Tensor, weight: Tensor) -> bool:
             and x.data_ptr() % 4 == 0 and weight.data_ptr() % 4 == 0 and _f16x2_device(x))
 
 
+def int8_f16_config(rows: int, gated: bool) -> dict:
+    """_int8_f16_gemv_kernel's launch shape for a weight of `rows` rows: int8_f16_gated for w13 with the SwiGLU,
+    int8_f16_wide from WIDE_ROWS rows, else int8_f16."""
+    return CONFIGS["int8_f16_gated" if gated else "int8_f16_wide" if rows >= WIDE_ROWS else "int8_f16"]
+
+
 def int4_launch_args(x: Tensor, groupsize: int, rows: int) -> dict:
     """int4_gemv_launch's kernel and launch shape for x and a weight of `rows` rows (a gated one's gate and up rows
     together): the float16-pair kernel for groups of 32, 64 and 128 and 16-bit x on a GPU that runs it, at launch
@@ -1104,8 +1110,7 @@ if triton is not None:
         x1, r1 = x.reshape(-1).contiguous(), None if residual is None else residual.reshape(-1).contiguous()
         if scales is not None and f16_fits(x1, weight):
             y = int8_f16_gemv_launch(x1, weight, scales, gated=gated, residual=r1,
-                                     **CONFIGS["int8_f16_gated" if gated else "int8_f16_wide"
-                                               if weight.shape[0] >= WIDE_ROWS else "int8_f16"])
+                                     **int8_f16_config(weight.shape[0], gated))
         else:
             y = gemv_launch(x1, weight, scales, gated=gated, residual=r1,
                             **CONFIGS["bf16" if scales is None else "int8_gated" if gated else "int8"])

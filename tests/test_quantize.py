@@ -484,6 +484,15 @@ def test_int4_launch_args_rule(monkeypatch):
     assert K.int4_launch_args(f32, 32, wide) == K.CONFIGS[32]
 
 
+def test_int8_f16_config_rule():
+    """The float16-pair int8 GEMV's launch shape: gated (w13 with the SwiGLU) whatever its width, else the wide shape
+    from WIDE_ROWS rows."""
+    wide, narrow = K.WIDE_ROWS, K.WIDE_ROWS - 1
+    assert K.int8_f16_config(wide, False) == K.CONFIGS["int8_f16_wide"] != K.CONFIGS["int8_f16"]
+    assert K.int8_f16_config(narrow, False) == K.CONFIGS["int8_f16"]
+    assert K.int8_f16_config(wide, True) == K.int8_f16_config(narrow, True) == K.CONFIGS["int8_f16_gated"]
+
+
 def test_int8_compiled_decode_matches_eager(stories_int8):
     """The int8 model traces whole under torch.compile (generate.py --compile; the w13 product with its SwiGLU
     in FeedForward) and decodes the eager model's greedy tokens."""

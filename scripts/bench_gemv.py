@@ -104,8 +104,14 @@ GRID_READ = [(c, b, nw) for c in (2**12, 2**13, 2**14, 2**15) for b in (512, 102
 GRID4F = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)  # int4_f16 also: more rows sharing x's conversion
           for bn, bk, nw in ((16, 4096, 8), (16, 2048, 4), (8, 8192, 8), (32, 2048, 8))]
 BLOCK = ("wqkv", "wo", "w13", "w2")
-# The products whose launch shape a kind sets in the model (bf16: kernels.linear's gemv layers); other kinds: BLOCK.
+# The products whose launch shape a kind sets in the model (bf16: kernels.linear's gemv layers); the others: uses().
 USES = {"bf16": ("wo", "w2")}
+
+
+def uses(kind: str) -> tuple:
+    """The products whose launch shape the kind sets in the model: USES, the _wide kinds also the (quantized) output
+    layer, the others BLOCK."""
+    return USES.get(kind, BLOCK + ("output",) if "_wide" in kind else BLOCK)
 
 
 def label(cfg: dict) -> str:
@@ -122,7 +128,8 @@ def main():
     p.add_argument("--budget_s", type=float, default=300, help="stop each kind's launch-shape sweep after this long")
     p.add_argument("--groups", default="32,64,128", help="int4 group sizes for kinds int4, int4_f16 and floor")
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes")
+    p.add_argument("--configs_out", type=Path, default=None, help="write the best launch shapes (int4_f16 and "
+                   "int4_f16_wide from the g128 sweep, int4_f16_g32 from g32's: run both groups for all three)")
     a = p.parse_args()
     kinds = a.kinds.split(",")
     groups = [int(G) for G in a.groups.split(",")]
@@ -203,7 +210,7 @@ def main():
                 if in_budget("int8"):
                     add(name, "int8", label(cfg), lambda: [K.gemv_launch(xv, q, s, **cfg) for q, s in q8],
                         n * k + n * 2, K.gemv_launch(xv, *q8[0], **cfg), ref8, copies)
-        if "int8_f16" in kinds and name != "output":
+        if "int8_f16" in kinds:  # the output layer too: it has WIDE_ROWS rows or more at every shape
             gated = name == "w13"  # as the model runs it: with the SwiGLU
             ref8 = (x.float() @ q8[0][0].float().t()) * q8[0][1].float()
             ref8 = F.silu(ref8[:, :n // 2]) * ref8[:, n // 2:] if gated else ref8
@@ -217,7 +224,7 @@ def main():
                         n * k + n * 2, K.int8_f16_gemv_launch(xv, *q8[0], **cfg, gated=gated), ref8, copies)
         del q8
         for i4, f16 in (("int4", False), ("int4_f16", True)):  # int4_f16: _int4_f16_gemv_kernel
-            if i4 not in kinds or name == "output":
+            if i4 not in kinds or (name == "output" and not f16):
                 continue
             for G in groups:  # int4_f16 products of K.WIDE_ROWS rows or more run launch shape int4_f16_wide
                 kind = f"{i4}{'_wide' if f16 and n >= K.WIDE_ROWS else ''} g{G}"
@@ -282,7 +289,7 @@ def main():
         print(f"{kind} ({shapes} shapes):", "; ".join(f"{label(cfg)}: {t:.1f} us" for t, cfg in ranked), flush=True)
         for base in ("tinygemm", "cuBLAS", "dequantize + cuBLAS", "inductor + residual"):
             ref = [r for r in rows
-                   if r["kind"] == kind and r["variant"] == base and r["shape"] in USES.get(kind, BLOCK)]
+                   if r["kind"] == kind and r["variant"] == base and r["shape"] in uses(kind)]
             if ref:
                 print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
         if ranked and kind.startswith("int4_f16"):  # int4_f16_wide and int4_f16: g128's; int4_f16_g32
@@ -300,10 +307,10 @@ def main():
 
 def best_configs(rows, kind, n):
     """[(total us, launch shape)] for the n shapes with the smallest total over the layer shapes the kind runs
-    (USES) that every one of them ran (all unless --budget_s stopped the sweep), and that number of layer shapes."""
+    (uses) that every one of them ran (all unless --budget_s stopped the sweep), and that number of layer shapes."""
     totals = {}
     for r in rows:
-        if r["kind"] == kind and r["variant"].startswith("triton") and r["shape"] in USES.get(kind, BLOCK):
+        if r["kind"] == kind and r["variant"].startswith("triton") and r["shape"] in uses(kind):
             totals.setdefault(r["variant"], []).append(r["us"])
     most = max((len(v) for v in totals.values()), default=0)
     ranked = sorted((sum(v), cfg) for cfg, v in totals.items() if len(v) == most)[:n]

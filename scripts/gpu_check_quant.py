@@ -4,8 +4,8 @@ python scripts/gpu_check_quant.py [--json FILE]
 
 1. Correctness: each Triton GEMV (int8: the float16-pair one, also with activations that overflow its float16 sums,
    and the float32 one, also on bf16 weights, as wo and w2 of bf16 models run it; int4: both kernels at groups of 32, 64
-   and 128, and with 5 rows, the residual and the SwiGLU the float16-pair one at 128 and the other at 32, and x = 3e4
-   (the float16-pair kernel's float32 fallback) at 32 and 128), the
+   and 128, at 32 and 128 also with 5 rows, the residual and the SwiGLU, and x = 3e4, the float16-pair kernel's
+   float32 fallback), the
    compiled PyTorch one-row paths and tinygemm (the layout pack_for_device loads int4 layers into on CUDA with
    GPTFAST_INT4=tinygemm) against the PyTorch path (dequantize in float32, then matmul) on the Llama-2-7B layer
    shapes with bf16 activations, and a small int4 model's logits before and after pack_for_device; exit status 1
@@ -163,30 +163,31 @@ def main():
             ok &= isinstance(tg, float) and tg < 1e-2
             print(f"check int4 g{G} {name}: max rel err {err:.2e} ({args}), float32-word kernel {err32:.2e}, "
                   f"inductor {err_i:.2e} (tinygemm vs same reference: {tg})", flush=True)
-            if G in (32, 128):  # 5 rows (a grid row each), the residual add and (w13) the SwiGLU in the GEMV, as for
-                # int8: at g32 in the float32-word kernel, at g128 in the float16-pair one
-                args = args if G == 128 else K.CONFIGS[G]
-                ref5 = x5.float() @ K.dequantize_int4(pk, s4, z4, G).t()
-                y5 = K.int4_gemv_launch(x5, pk, s4, z4, G, **args).float()
+            if G not in (32, 128):
+                continue
+            # 5 rows (a grid row each), the residual add and (w13) the SwiGLU in the GEMV, as for int8, in both kernels
+            # (the float16-pair one at the model's launch shape, the other at CONFIGS[G])
+            ref5 = x5.float() @ K.dequantize_int4(pk, s4, z4, G).t()
+            for kernel, kargs in (("float16 pairs", args), ("float32 words", K.CONFIGS[G])):
+                y5 = K.int4_gemv_launch(x5, pk, s4, z4, G, **kargs).float()
                 err5 = ((y5 - ref5).abs().max() / ref5.abs().max()).item()
-                ok &= err5 < 1e-2
-                print(f"check int4 g{G} {name} 5 rows: max rel err {err5:.2e}", flush=True)
-                y_r = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **args, residual=r.view(-1)).float()
+                y_r = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **kargs, residual=r.view(-1)).float()
                 err_r = ((y_r - r.float() - ref).abs().max() / ref.abs().max()).item()
-                ok &= err_r < 1e-2
-                print(f"check int4 g{G} {name} with the residual: max rel err {err_r:.2e}", flush=True)
-                xo = x * 3e4  # the float16-pair kernel's group sums overflow: each program sums again in float32
-                y_o = K.int4_gemv_launch(xo.view(-1), pk, s4, z4, G, **K.int4_launch_args(xo, G, pk.shape[0])).float()
-                err_o = ((y_o - 3e4 * ref).abs().max() / (3e4 * ref).abs().max()).item()
-                ok &= err_o < 1e-2
-                print(f"check int4 g{G} {name}, x = 3e4: max rel err {err_o:.2e}", flush=True)
+                ok &= err5 < 1e-2 and err_r < 1e-2
+                line = f"check int4 g{G} {name} ({kernel}): 5 rows max rel err {err5:.2e}, with the residual {err_r:.2e}"
                 if name == "w13":
                     gate, up = ref.chunk(2, dim=-1)
                     ref_g = F.silu(gate) * up
-                    y_g = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **args, gated=True).float()
+                    y_g = K.int4_gemv_launch(x.view(-1), pk, s4, z4, G, **kargs, gated=True).float()
                     err_g = ((y_g - ref_g).abs().max() / ref_g.abs().max()).item()
                     ok &= err_g < 1e-2
-                    print(f"check int4 g{G} w13 with the SwiGLU: max rel err {err_g:.2e}", flush=True)
+                    line += f", with the SwiGLU {err_g:.2e}"
+                print(line, flush=True)
+            xo = x * 3e4  # the float16-pair kernel's group sums overflow: each program sums again in float32
+            y_o = K.int4_gemv_launch(xo.view(-1), pk, s4, z4, G, **K.int4_launch_args(xo, G, pk.shape[0])).float()
+            err_o = ((y_o - 3e4 * ref).abs().max() / (3e4 * ref).abs().max()).item()
+            ok &= err_o < 1e-2
+            print(f"check int4 g{G} {name}, x = 3e4: max rel err {err_o:.2e}", flush=True)
 
     # ---- a quantized model repacked for tinygemm (pack_for_device) keeps its logits ---------------
     from bench import random_model

@@ -493,6 +493,32 @@ def test_int8_f16_config_rule():
     assert K.int8_f16_config(wide, True) == K.int8_f16_config(narrow, True) == K.CONFIGS["int8_f16_gated"]
 
 
+def test_gemv_ops_ask_the_rules_about_the_whole_weight(monkeypatch):
+    """The int8 and int4 GEMV ops pass the launch rules the weight's rows, a gated weight's gate and up rows together
+    (the rules were measured by weight width), and use what the rules return."""
+    pytest.importorskip("triton")
+    seen = []
+
+    def int4_rule(x, G, rows):
+        seen.append(("int4", rows))
+        raise RuntimeError("recorded")  # the op falls back to the PyTorch path
+
+    def int8_launch(x, weight, scales, gated, residual, **cfg):
+        seen.append(("int8", cfg))
+        return x.new_zeros(weight.shape[0] // 2 if gated else weight.shape[0])
+
+    monkeypatch.setattr(K, "_warned", True)  # no warning for the fallback
+    monkeypatch.setattr(K, "int4_launch_args", int4_rule)
+    monkeypatch.setattr(K, "f16_fits", lambda x, w: True)
+    monkeypatch.setattr(K, "int8_f16_gemv_launch", int8_launch)
+    monkeypatch.setattr(K, "int8_f16_config", lambda rows, gated: dict(rule_rows=rows, rule_gated=gated))
+    x = torch.randn(1, 1, 64)
+    w4 = torch.randn(6, 64)
+    torch.ops.gptfast.int4_gemv(x, *Q.quantize_int4(w4, 32), 32, True)
+    torch.ops.gptfast.gemv(x.bfloat16(), *Q.quantize_int8(w4), True)
+    assert seen == [("int4", 6), ("int8", dict(rule_rows=6, rule_gated=True))]
+
+
 def test_int8_compiled_decode_matches_eager(stories_int8):
     """The int8 model traces whole under torch.compile (generate.py --compile; the w13 product with its SwiGLU
     in FeedForward) and decodes the eager model's greedy tokens."""

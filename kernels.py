@@ -352,16 +352,17 @@ def int4_row(x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor, groupsize
 # against 33.1 for (4, 1024, 4)) and run 142 (57.7 us; (4, 1024, 4) not among the five best, which were within 3%);
 # end to end on H200s, against (4, 1024, 4): 7B int8 416.1 tok/s against 411.7-411.8, 70B int8 on two 91.6-91.7
 # against 90.7-90.8 (runs 142-143).
-# The _wide shapes serve weights of WIDE_ROWS rows or more (7B: wqkv, and w13 in int4): programs of one warp, of which
-# such a weight has enough to fill the GPU (7B wo and w2, 4096 rows, lose with them). On an H200 (2026-11-28,
-# BENCHMARKS.md runs 164-167): int8_f16_wide (8, 512, 1), the best of 29 shapes on 7B wqkv, 14.7 us against 16.3 at
-# int8_f16's; 7B int8 decode 445.4-445.5 tok/s against 434.8-435.0. int4_f16_wide (8, 1024, 1), the best of 13 shapes
-# on wqkv and w13 at g32, g64 and g128 (but w13 g128: 16.9 us against 16.8 for (8, 2048, 2)).
+# The _wide shapes serve weights of WIDE_ROWS rows or more that are not gated int8 (7B: wqkv, the output layer, and w13
+# in int4): programs of one warp, of which such a weight has enough to fill the GPU (7B wo and w2, 4096 rows, lose with
+# them). On an H200 (2026-11-28, BENCHMARKS.md runs 164-169): int8_f16_wide (8, 512, 1), the best of 29 shapes on 7B
+# wqkv (14.7 us against 16.3 at int8_f16's) and on the output layer (33.4 against 35.0); 7B int8 decode 445.4-446.0
+# tok/s against 434.8-435.0. int4_f16_wide (8, 1024, 1), the best of 13 shapes over wqkv and w13 at g32, g64 and g128
+# and over wqkv, w13 and the output layer at g32 and g128.
 # int4_f16 (the float16-pair int4 GEMV on the other weights, groups of 64 and 128): (8, 4096, 4), the best on wo and
 # w2 at g64 and g128 on an H200 (run 165; 15.3 us against 16.3 for (4, 2048, 2) at g128), and on an H100 (run 163).
 # At g32 it took 23.5 us there: int4_f16_g32 (4, 2048, 2), 18.8 us, the best at g32 (run 164). 7B int4 decode on an
-# H200 with these shapes against the float32-word kernel at (4, 2048, 2): g32 510.7-512.0 tok/s against 440.2-441.4,
-# g64 537.5 against 432.3, g128 574.0-574.8 against 493.0 (runs 164-167).
+# H200 with these shapes (run 168): g32 512.4 tok/s, g64 538.4, g128 575.4; with the float32-word kernel at (4, 2048, 2)
+# (run 165) 440.2, 432.3 and 493.0.
 CONFIGS = {"bf16": dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
            "int8": dict(BLOCK_N=4, BLOCK_K=1024, num_warps=2),
            "int8_gated": dict(BLOCK_N=2, BLOCK_K=512, num_warps=2),
@@ -384,7 +385,7 @@ if os.environ.get("GPTFAST_GEMV_CONFIGS"):
                          f"the keys are {sorted(map(str, CONFIGS))}")
     CONFIGS.update(_given)
 
-WIDE_ROWS = 12288  # int8_f16_wide and int4_f16_wide from this many weight rows: 7B wqkv and w13, not wo or w2 (4096)
+WIDE_ROWS = 12288  # int8_f16_wide and int4_f16_wide from this many weight rows: 7B wqkv, w13, output; not wo, w2
 _warned = False
 
 if triton is not None:
@@ -667,8 +668,8 @@ if triton is not None:
     # |x| < 4094 * 64 / G; if one does, the program sums its rows again in float32 (_int4_rows_f32). Products below
     # float16's normal range (|x| under about 1e-3) lose precision, as in the int8 kernel: at G = 128, x drawn from
     # normal(0, 1e-5) measured 0.8% off in Triton's interpreter, against 0.2% for _int4_gemv_kernel. Per 7B block on
-    # an H200 (gpu_check_quant.py, BENCHMARKS.md run 167), at CONFIGS' launch shapes against _int4_gemv_kernel's:
-    # g32 51.4 us against 59.2, g64 46.9 against 60.1, g128 42.8 against 52.9 (decode: CONFIGS' comment). Inline PTX:
+    # an H200 (gpu_check_quant.py, BENCHMARKS.md run 168), at CONFIGS' launch shapes against _int4_gemv_kernel's:
+    # g32 51.9 us against 59.6, g64 47.4 against 60.8, g128 43.2 against 52.9 (decode: CONFIGS' comment). Inline PTX:
     # CUDA only; the CPU tests interpret the helpers' PTX and run the kernel in Triton's interpreter with the helpers
     # rewritten in Triton.
     @triton.jit

@@ -4,7 +4,9 @@
 # rows, int8 with and without the SwiGLU in the w13 GEMV (GPTFAST_NO_GATED=1: a SwiGLU kernel of its own), with and
 # without the residual add in the wo and w2 GEMVs (GPTFAST_NO_FUSED_ADD=1) and with and without the skinny kernel for
 # 2-16 rows (GPTFAST_NO_SKINNY=1: the old dequantize + cuBLAS), int4 on the Triton GEMVs (float16 pairs, and the
-# float32-word one with GPTFAST_INT4_F32=1) and on tinygemm (GPTFAST_INT4=tinygemm); `tp N` tensor parallel on N
+# float32-word one with GPTFAST_INT4_F32=1) and on tinygemm (GPTFAST_INT4=tinygemm); `shapes` the float16-pair GEMVs'
+# launch shapes swept on this GPU and 7B decode at them against CONFIGS' (for a GPU other than the H200 that chose
+# them: BENCHMARKS.md runs 164-169); `tp N` tensor parallel on N
 # GPUs: gpu_check_tp.py, then bench.py on one GPU, the 7B shape on N and the 70B shape (bf16, int8) on N.
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -27,6 +29,12 @@ case "${1:-engine}" in
     GPTFAST_INT4=tinygemm bench int4_tinygemm --modes int4,int4-g128 --runs 2
     timeout 100 python3 scripts/bench_gemv.py --kinds skinny_int8 --rows 5 --budget_s 60 2>&1 \
       | tee "$OUT/gemv_skinny_int8.log" | grep -A2 "best launch shapes" ;;
+  shapes)  # the float16-pair GEMVs' launch shapes swept on this GPU, then 7B decode at CONFIGS' shapes and at the swept
+    # ones (run 169's sweep, the same command, took under 2 minutes on an H200)
+    timeout 300 python3 scripts/bench_gemv.py --kinds int8_f16,int4_f16 --groups 32,128 --budget_s 250 \
+      --configs_out "$OUT/shapes.json" 2>&1 | tee "$OUT/gemv_shapes.log" | grep -A12 "best launch"
+    bench shapes_default --modes int8,int4,int4-g128 --runs 2
+    GPTFAST_GEMV_CONFIGS="$OUT/shapes.json" bench shapes_swept --modes int8,int4,int4-g128 --runs 2 ;;
   tp)  # on a multi-GPU kind: bash scripts/gpu_round.sh tp N. Runs 79-82 (BENCHMARKS.md) ran these commands one by one
     # with N = 2 or 4 on H200s, about 350 s in all; the 70B shape in bf16 peaked at 35.4 GB a GPU with N = 4.
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -38,5 +46,5 @@ case "${1:-engine}" in
       --all_reduce symm_mem --runs 2 --new_tokens 100 "$@" 2>&1 | tee "$OUT/$name.log" | grep "^| \|bandwidth" | tail -3; }
     tbench tp_7b --modes bf16
     tbench tp_70b --shape llama-2-70b --modes bf16,int8 ;;
-  *) echo "usage: bash scripts/gpu_round.sh [engine|quant|tp N]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_round.sh [engine|quant|shapes|tp N]" >&2; exit 2 ;;
 esac

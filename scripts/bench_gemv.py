@@ -292,17 +292,25 @@ def main():
                    if r["kind"] == kind and r["variant"] == base and r["shape"] in uses(kind)]
             if ref:
                 print(f"   {base}: {sum(r['us'] for r in ref):.1f} us over {len(ref)} shapes", flush=True)
-        if ranked and kind.startswith("int4_f16"):  # int4_f16_wide and int4_f16: g128's; int4_f16_g32
-            if kind.endswith(" g128") or kind == "int4_f16 g32":
-                best[kind.replace(" g128", "").replace(" ", "_")] = ranked[0][1]  # "int4_f16 g32" -> int4_f16_g32
-        elif ranked:
-            named = not kind.startswith("int4")
-            best[kind if named else int(kind.split(" g")[1])] = ranked[0][1]  # "int4 g32" -> 32
+        key = config_key(kind)
+        if ranked and key is not None:
+            best[key] = ranked[0][1]
     if a.configs_out and best:
         a.configs_out.write_text(json.dumps({str(k): v for k, v in best.items()}, indent=1))
     if a.json:
         a.json.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows),
                                      indent=1))
+
+
+# The CONFIGS keys of the float16-pair int4 kernel's sweep kinds (kernels.int4_launch_args); its other kinds set none.
+INT4_F16_KEYS = {"int4_f16 g128": "int4_f16", "int4_f16_wide g128": "int4_f16_wide", "int4_f16 g32": "int4_f16_g32"}
+
+
+def config_key(kind: str):
+    """The CONFIGS key that a sweep kind's best launch shape sets ("int4 g32" -> 32), or None."""
+    if kind.startswith("int4_f16"):
+        return INT4_F16_KEYS.get(kind)
+    return int(kind.split(" g")[1]) if kind.startswith("int4") else kind
 
 
 def best_configs(rows, kind, n):

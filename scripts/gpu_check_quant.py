@@ -184,7 +184,7 @@ def main():
                     line += f", with the SwiGLU {err_g:.2e}"
                 print(line, flush=True)
             xo = x * 3e4  # the float16-pair kernel's group sums overflow: each program sums again in float32
-            y_o = K.int4_gemv_launch(xo.view(-1), pk, s4, z4, G, **K.int4_launch_args(xo, G, pk.shape[0])).float()
+            y_o = K.int4_gemv_launch(xo.view(-1), pk, s4, z4, G, **args).float()
             err_o = ((y_o - 3e4 * ref).abs().max() / (3e4 * ref).abs().max()).item()
             ok &= err_o < 1e-2
             print(f"check int4 g{G} {name}, x = 3e4: max rel err {err_o:.2e}", flush=True)

@@ -226,8 +226,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, residual: Tens
     their input comes from a kernel of this file, so Inductor has nothing to fuse): then the Triton GEMV, which also
     adds the residual (without a bias). Inductor's took 10.6 us at wo's shape on one of two tensor-parallel ranks
     (K = 2048), the GEMV 5.7; 2-GPU 7B decode went from 349.5 to 390.7 tok/s, one H200 from 256.5 to 273.4
-    (BENCHMARKS.md runs 105-106). Every rank takes the GEMV, whether or not it adds the residual (tp.py: only rank 0
-    does)."""
+    (BENCHMARKS.md runs 105-106). Under tp.py every rank's GEMV adds that rank's part of the residual stream."""
     if x.dim() == 3 and x.shape[1] == 1 and bias is None and weight.dtype == x.dtype and _use_skinny(x, weight):
         y = torch.ops.gptfast.skinny_mm(x, weight)
     elif gemv and _use_gemv(x, weight) and weight.dtype == x.dtype and x.dtype in (torch.bfloat16, torch.float16):
@@ -1001,6 +1000,9 @@ if triton is not None:
     # launched with PDL waits (gdc_wait) before it touches memory, as all of this file's and Inductor's do.
     # Like NCCL, a rank waits for the others as long as it takes (torchrun stops every rank if one dies).
     # Needs peer atomics: NVLink (or another P2P link that has them).
+    # With NORM (one program for the row), the kernel returns model.rms_norm of the sum instead of the sum: tp.py keeps
+    # the residual stream as a part on each rank, summed only where a norm reads it, so that a decode step's
+    # all-reduce and the norm after it are one kernel.
     AR_FLAGS, AR_BLOCK, AR_WARPS = 256, 1024, 4  # int32 words of flags; the values each program sums, its warps
 
     @triton.jit
@@ -1008,17 +1010,19 @@ if triton is not None:
         return tl.load(peers_ptr + r).to(tl.pointer_type(tl.int32))
 
     @triton.jit
-    def _all_reduce_kernel(x_ptr, y_ptr, peers_ptr, epoch_ptr, N, RANK: tl.constexpr, WORLD: tl.constexpr,
-                           FLAGS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    def _all_reduce_kernel(x_ptr, y_ptr, peers_ptr, epoch_ptr, w_ptr, eps, N, RANK: tl.constexpr, WORLD: tl.constexpr,
+                           FLAGS: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr):
         p = tl.program_id(0)  # the programs split x; each has its own flags and epoch
         offs = p * BLOCK + tl.arange(0, BLOCK)
         ok = offs < N
         dtype = x_ptr.dtype.element_ty
+        if NORM:
+            w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)  # independent of the kernel before
         if PDL:
             tl.extra.cuda.gdc_wait()  # x, and the epoch, which the kernel before may be the all-reduce before
         e = tl.load(epoch_ptr + p) + 1  # wraps around after 2^31 calls: the slots take its last bit,
         slots = (e & 1) * WORLD  # this call's set of slots
-        x = tl.load(x_ptr + offs, mask=ok)
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0)
         for r in tl.static_range(WORLD):  # push x into slot RANK of every other rank's buffer
             if r != RANK:
                 data = (_buffer(peers_ptr, r) + FLAGS).to(tl.pointer_type(dtype))
@@ -1037,23 +1041,36 @@ if triton is not None:
                 # slot from L2, not L1. Swapping -1 for -1 changes nothing: an acquiring read.
                 while tl.atomic_cas(flags + p * WORLD + r, -1, -1, sem="acquire", scope="sys") - e < 0:
                     pass
-                acc += tl.load(data + (slots + r) * N + offs, mask=ok, cache_modifier=".cg").to(tl.float32)
+                acc += tl.load(data + (slots + r) * N + offs, mask=ok, other=0.0, cache_modifier=".cg").to(tl.float32)
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
+        if NORM:  # one program holds the row: _rms_norm_kernel's arithmetic on the sum, rounded to x's dtype first
+            h = acc.to(dtype).to(tl.float32)
+            r = tl.rsqrt(tl.sum(h * h, axis=0) / N + eps)
+            acc = (h * r).to(dtype).to(tl.float32) * w
         tl.store(y_ptr + offs, acc.to(dtype), mask=ok)
         tl.store(epoch_ptr + p, e)
 
     def all_reduce_launch(x: Tensor, peers: Tensor, epoch: Tensor, rank: int, block: int | None = None,
-                          num_warps: int | None = None) -> Tensor:
+                          num_warps: int | None = None, weight: Tensor | None = None, eps: float = 0.0) -> Tensor:
         """The sum over ranks of x (one row), each rank's buffer of AR_FLAGS int32 words and 2 x world x
         x.numel() values at peers[r] (int64 addresses, on the device); epoch: int32, one per program of this
-        split (block), zero on a new buffer and kept between calls."""
+        split (block), zero on a new buffer and kept between calls. With a weight: model.rms_norm(sum, weight, eps)
+        instead of the sum, in one program (block: norm_block(x.numel()))."""
         N, world, block = x.numel(), peers.numel(), block or AR_BLOCK
         assert epoch.numel() == triton.cdiv(N, block) and world * epoch.numel() <= AR_FLAGS, "one buffer, one split"
+        assert weight is None or block >= N, "the norm needs the whole row in one program"
         y = torch.empty_like(x)
-        _all_reduce_kernel[(triton.cdiv(N, block),)](x, y, peers, epoch, N, RANK=rank, WORLD=world, FLAGS=AR_FLAGS,
-                                                      BLOCK=block, num_warps=num_warps or AR_WARPS, **_pdl(x))
+        _all_reduce_kernel[(triton.cdiv(N, block),)](x, y, peers, epoch, x if weight is None else weight, eps, N,
+                                                      RANK=rank, WORLD=world, FLAGS=AR_FLAGS, BLOCK=block,
+                                                      NORM=weight is not None, num_warps=num_warps or AR_WARPS,
+                                                      **_pdl(x))
         return y
+
+    def norm_block(dim: int) -> tuple[int, int]:
+        """(block, num_warps) of a row of dim values in one program: rms_norm_launch's."""
+        block = triton.next_power_of_2(dim)
+        return block, min(16, max(4, block // 512))
 
     @triton.jit
     def _swiglu_kernel(x_ptr, y_ptr, I, BLOCK: tl.constexpr, PDL: tl.constexpr):
@@ -1088,10 +1105,11 @@ if triton is not None:
         """model.rms_norm(x, weight, eps) for x and weight of one 16-bit dtype: a program a row."""
         D = x.shape[-1]
         x2, y = x.reshape(-1, D).contiguous(), torch.empty_like(x, memory_format=torch.contiguous_format)
-        BLOCK = triton.next_power_of_2(D)  # 16 values a thread at widths 4096-8192, 8 at 576 (4 or 16 warps at 4096: no
-        # faster end to end, BENCHMARKS.md run 152)
-        _rms_norm_kernel[(x2.shape[0],)](x2, weight.contiguous(), y, D, eps, BLOCK=BLOCK,
-                                         num_warps=min(16, max(4, BLOCK // 512)), **_pdl(x))
+        # 16 values a thread at widths 4096-8192, 8 at 576 (4 or 16 warps at 4096: no faster end to end, BENCHMARKS.md
+        # run 152)
+        BLOCK, num_warps = norm_block(D)
+        _rms_norm_kernel[(x2.shape[0],)](x2, weight.contiguous(), y, D, eps, BLOCK=BLOCK, num_warps=num_warps,
+                                         **_pdl(x))
         return y
 
     def swiglu_launch(gate_up: Tensor) -> Tensor:

@@ -229,13 +229,11 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(args)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
-        self.add_residual = True  # tp.py: only rank 0 adds it, before the all-reduce sums the ranks' outputs
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
         # The residual goes into wo and w2, whose kernels may add it as they store their output.
-        h = self.attention(self.attention_norm(x, self.attention.wqkv), cos, sin, mask, input_pos,
-                           x if self.add_residual else None)
-        return self.feed_forward(self.ffn_norm(h, self.feed_forward.w13), h if self.add_residual else None)
+        h = self.attention(self.attention_norm(x, self.attention.wqkv), cos, sin, mask, input_pos, x)
+        return self.feed_forward(self.ffn_norm(h, self.feed_forward.w13), h)
 
 
 class Transformer(nn.Module):

@@ -3,18 +3,20 @@
 Megatron-style: every layer is split across the N ranks (one GPU each, NCCL; or CPU processes, gloo).
 Attention is split by heads (each rank's wqkv holds its query heads and their key/value heads) and
 the FFN's gate/up projection by columns; the attention output (wo) and down projection (w2) are split
-by rows, so each rank holds a partial sum that one all-reduce completes: two all-reduces per layer.
+by rows, so each rank holds a partial sum. Each rank keeps its own part of the residual stream (rank 0's
+starts as the embedding, the others' as zeros, and each adds its partial sums), and the parts are summed
+where a norm reads the stream: one all-reduce before each norm, two per layer and one before the output
+layer (with --all_reduce symm_mem, one kernel with the norm).
 With fewer key/value heads than ranks, each key/value head is replicated on the ranks whose query
 heads use it. The embedding, the norms and the output layer are replicated: the embedding reads one
 row per token, and a replicated output layer gives every rank the full logits, so every rank samples
-the same token (same seed everywhere) with no collective beyond the two per layer; sharding the output
-layer would save its 1/N share of the weights (2% of Llama-2-7B) at the cost of a third collective.
+the same token (same seed everywhere) with no collective beyond the norms'; sharding the output
+layer would save its 1/N share of the weights (2% of Llama-2-7B) at the cost of another collective.
 
 Each rank builds its shard on the meta device from the checkpoint's config.json with the rank's head
-counts and FFN width (a plain Transformer of the shard's shapes; only rank 0 adds the residual stream:
-TransformerBlock.add_residual), then reads only its slices from the safetensors files. The rest (prompts,
-sampling, compile, speculation, output) is generate.py's main(), run on every rank; ranks other than 0 print
-nothing.
+counts and FFN width (a plain Transformer of the shard's shapes, with the norms made AllReduceRMSNorm),
+then reads only its slices from the safetensors files. The rest (prompts, sampling, compile, speculation,
+output) is generate.py's main(), run on every rank; ranks other than 0 print nothing.
 """
 from __future__ import annotations
 
@@ -30,13 +32,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
-from torch import Tensor
+from torch import Tensor, nn
 
 import generate
 import kernels as K
 from generate import UsageError
-from model import (CheckpointError, ModelArgs, Transformer, assign_weights, checkpoint_dir, fuse_parts, hf_to_ours,
-                   read_config, safetensors_files)
+from model import (CheckpointError, ModelArgs, RMSNorm, Transformer, assign_weights, checkpoint_dir,
+                   fuse_parts, hf_to_ours, read_config, safetensors_files)
 from tokenizer import Tokenizer
 
 COLUMN_PARALLEL = (".attention.wqkv.", ".feed_forward.w13.")  # output features split: q/k/v heads, gate/up
@@ -101,30 +103,26 @@ def _take(t, rng):
     return t[(slice(None),) * axis + (slice(start, stop),)]
 
 
-def _all_reduce_hook(module, inputs, output: Tensor) -> Tensor:
+def _all_reduce(x: Tensor) -> Tensor:
     # Functional collective: traced by torch.compile as a graph node (no graph break, CUDA-graph safe).
-    return funcol.all_reduce(output, "sum", dist.group.WORLD)
+    return funcol.all_reduce(x, "sum", dist.group.WORLD)
 
 
-class SymmMemAllReduce:
-    """Forward hook for batch-1 decode: a one-shot all-reduce through symmetric memory (CUDA, one host; the
-    Triton kernel kernels._all_reduce_kernel), with less latency than NCCL for one (1, 1, dim) activation;
-    other shapes (prefill, batches) use NCCL. Opt-in (--all_reduce symm_mem)."""
+class AllReduceRMSNorm(RMSNorm):
+    """RMSNorm of the sum over ranks of its input. Each rank holds a part of the residual stream (rank 0 the
+    embedding; every rank its attention and FFN outputs, which its wo and w2 add to its part), summed only where a
+    norm reads it: two all-reduces a layer, and one before the output layer. With symm_mem (batch-1 decode on CUDA:
+    symm, the key of its buffers) the all-reduce and the norm are one kernel (kernels._all_reduce_kernel with NORM)."""
 
-    def __init__(self, dim: int, dtype, device):
-        if torch.device(device).type != "cuda":
-            raise UsageError(f"--all_reduce symm_mem needs the model on a CUDA device, not {device}: build a meta "
-                             "shard with the NCCL all-reduce, move it to the GPU, then call tp.set_all_reduce")
-        if K.triton is None:
-            raise UsageError("--all_reduce symm_mem needs Triton (pip install triton), or use --all_reduce nccl")
-        self.group, self.key = dist.group.WORLD.group_name, (dim, dtype, torch.device(device))
-        if self.key not in _symm_bufs:
-            _symm_bufs[self.key] = symm_mem_buffers(dim, dtype, torch.device(device), self.group)
+    def __init__(self, norm: RMSNorm, symm: tuple | None = None):
+        nn.Module.__init__(self)
+        self.weight, self.eps, self.symm = norm.weight, norm.eps, symm
+        self.group = dist.group.WORLD.group_name if symm is not None else None
 
-    def __call__(self, module, inputs, output: Tensor) -> Tensor:
-        if (output.numel(), output.dtype, output.device) != self.key:
-            return _all_reduce_hook(module, inputs, output)
-        return torch.ops.gptfast.symm_mem_all_reduce(output, self.group)
+    def forward(self, x: Tensor, into: nn.Module | None = None) -> Tensor:
+        if self.symm is not None and (x.numel(), x.dtype, x.device) == self.symm:
+            return torch.ops.gptfast.symm_mem_rms_norm(x, self.weight, self.eps, self.group)
+        return super().forward(_all_reduce(x), into)
 
 
 # The symmetric buffers, one per (size, dtype, device), made and exchanged between ranks once, with the
@@ -150,37 +148,49 @@ def symm_mem_buffers(dim: int, dtype, device, group: str, block: int | None = No
     return buf, handle, peers, torch.zeros(K.triton.cdiv(dim, block), dtype=torch.int32, device=device)
 
 
-@torch.library.custom_op("gptfast::symm_mem_all_reduce", mutates_args=())
-def symm_mem_all_reduce(x: Tensor, group_name: str) -> Tensor:
+@torch.library.custom_op("gptfast::symm_mem_rms_norm", mutates_args=())
+def symm_mem_rms_norm(x: Tensor, weight: Tensor, eps: float, group_name: str) -> Tensor:
     _, handle, peers, epoch = _symm_bufs[(x.numel(), x.dtype, x.device)]
-    return K.all_reduce_launch(x.reshape(-1).contiguous(), peers, epoch, handle.rank).view(x.shape)
+    block, num_warps = K.norm_block(x.numel())
+    return K.all_reduce_launch(x.reshape(-1).contiguous(), peers, epoch, handle.rank, block, num_warps,
+                               weight, eps).view(x.shape)
 
 
-@symm_mem_all_reduce.register_fake
-def _(x, group_name):
+@symm_mem_rms_norm.register_fake
+def _(x, weight, eps, group_name):
     return torch.empty_like(x)
 
 
 def set_all_reduce(model: Transformer, all_reduce: str = "nccl") -> Transformer:
-    """Add (or replace) the all-reduce after attention and FFN, whose last layers are row-parallel, for the
-    model's dtype and device; a shard built on the meta device gets symm_mem's once it is on the GPU. The
-    hooks sit on the parent modules so that they stay when quantize.py later swaps wo and w2."""
+    """Make the model's norms (or remake them) AllReduceRMSNorm for all_reduce; a shard built on the meta device
+    gets symm_mem's once it is on the GPU, for its dtype and device. With symm_mem the 16-bit wqkv, w13 and output
+    layer stay Inductor's products (now with no norm to fuse in): faster end to end than kernels.py's GEMV there
+    (2-GPU 7B bf16 426.9 and 430.8 tok/s against 415.9 and 417.5, BENCHMARKS.md run 171)."""
     if all_reduce not in ("nccl", "symm_mem"):
         raise UsageError(f"unknown all-reduce {all_reduce!r}: choose nccl or symm_mem")
-    emb = model.tok_embeddings.weight
-    hook = SymmMemAllReduce(model.args.dim, emb.dtype, emb.device) if all_reduce == "symm_mem" else _all_reduce_hook
-    for handle in getattr(model, "_all_reduce_hooks", ()):
-        handle.remove()
-    model._all_reduce_hooks = [parent.register_forward_hook(hook)
-                               for layer in model.layers for parent in (layer.attention, layer.feed_forward)]
+    emb, symm = model.tok_embeddings.weight, None
+    if all_reduce == "symm_mem":
+        if emb.device.type != "cuda":
+            raise UsageError(f"--all_reduce symm_mem needs the model on a CUDA device, not {emb.device}: build a "
+                             "meta shard with the NCCL all-reduce, move it to the GPU, then call tp.set_all_reduce")
+        if K.triton is None:
+            raise UsageError("--all_reduce symm_mem needs Triton (pip install triton), or use --all_reduce nccl")
+        symm = (model.args.dim, emb.dtype, emb.device)
+        if symm not in _symm_bufs:
+            _symm_bufs[symm] = symm_mem_buffers(*symm, dist.group.WORLD.group_name, K.norm_block(model.args.dim)[0])
+    for layer in model.layers:
+        layer.attention_norm = AllReduceRMSNorm(layer.attention_norm, symm)
+        layer.ffn_norm = AllReduceRMSNorm(layer.ffn_norm, symm)
+    model.norm = AllReduceRMSNorm(model.norm, symm)
     return model
 
 
-def _rank0_adds(model: Transformer, rank: int) -> None:
-    """The row-parallel layers' biases and the residual stream stay on rank 0 only (added once by the all-reduce,
-    which sums the ranks' outputs)."""
+def _rank0_holds(model: Transformer, rank: int) -> None:
+    """Rank 0's part of the residual stream starts as the embedding, the others' as zeros; the row-parallel
+    layers' biases stay on rank 0 (added once by the sum over ranks)."""
+    if rank != 0:
+        model.tok_embeddings.register_forward_hook(lambda module, inputs, output: torch.zeros_like(output))
     for layer in model.layers:
-        layer.add_residual = rank == 0
         for linear in (layer.attention.wo, layer.feed_forward.w2):
             if rank != 0 and getattr(linear, "bias", None) is not None:
                 linear.bias = None
@@ -192,7 +202,7 @@ def _dropped(name: str, rank: int) -> bool:
 
 def shard_model(model: Transformer, rank: int, world_size: int, all_reduce: str = "nccl") -> Transformer:
     """This rank's shard of an in-memory, unquantized model (any device, meta included), with the
-    all-reduce hooks: a new Transformer of the shard's shapes holding copies of its slices.
+    norms that all-reduce: a new Transformer of the shard's shapes holding copies of its slices.
 
     For benchmarks without a checkpoint: build a random model (on the meta device, then to_empty and
     initialise the shard; or on the GPU), call this in every rank after init_process_group, then
@@ -218,9 +228,9 @@ def shard_model(model: Transformer, rank: int, world_size: int, all_reduce: str 
 
 
 def _load_into(shard: Transformer, state: dict[str, Tensor], rank: int, all_reduce: str, path="model") -> Transformer:
-    """Leave the biases and the residual to rank 0 (first: the check must not expect the biases), check and
-    assign the rank's tensors, then add the all-reduce hooks."""
-    _rank0_adds(shard, rank)
+    """Leave the biases and the embedding to rank 0 (first: the check must not expect the biases), check and
+    assign the rank's tensors, then make the norms all-reduce."""
+    _rank0_holds(shard, rank)
     return set_all_reduce(assign_weights(shard, state, path), all_reduce)
 
 

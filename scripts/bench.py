@@ -77,7 +77,7 @@ def random_model(cfg: dict, device, dtype, max_seq_len: int, tp=None) -> Transfo
     if tp is not None:
         from tp import shard_model
 
-        model = shard_model(model, *tp[:2])  # on the meta device (its all-reduce hooks are set below)
+        model = shard_model(model, *tp[:2])  # on the meta device (its norms all-reduce; symm_mem is set below)
     model = model.to(dtype).to_empty(device=device)  # allocated in dtype at once (not float32, then a copy)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():

@@ -206,29 +206,42 @@ def test_abbreviated_all_reduce_flag_is_accepted(stories_dir, single_greedy):
         assert r.stdout == single_greedy
 
 
-def test_set_all_reduce_replaces_the_hooks():
-    """One all-reduce per attention and FFN however often the hooks are set (two would add the sum twice);
-    symm_mem on a model that is not on a CUDA device is a clear error that leaves the hooks as they were."""
+def test_set_all_reduce_replaces_the_norms(monkeypatch):
+    """One all-reduce before each norm however often the norms are set (two would add the parts twice), and a world of
+    one gives the full model's logits; symm_mem on a model that is not on a CUDA device is a clear error that leaves
+    the norms as they were."""
+    import tp
     from generate import UsageError
     from model import ModelArgs, Transformer
-    from tp import set_all_reduce, shard_model
 
-    with torch.device("meta"):
-        full = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=128,
-                                     vocab_size=32))
-    shard = set_all_reduce(shard_model(full, 0, 2), "nccl")
-    hooks = [len(m._forward_hooks) for layer in shard.layers for m in (layer.attention, layer.feed_forward)]
-    assert hooks == [1, 1, 1, 1]
+    torch.manual_seed(0)
+    full = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=128,
+                                 vocab_size=32)).eval()
+    calls = []
+    monkeypatch.setattr(tp, "_all_reduce", lambda x: calls.append(x.shape) or x)  # the sum over a world of one
+    shard = tp.set_all_reduce(tp.shard_model(full, 0, 1), "nccl")
+    norms = [shard.norm, *(n for layer in shard.layers for n in (layer.attention_norm, layer.ffn_norm))]
+    assert all(type(n) is tp.AllReduceRMSNorm for n in norms)
     with pytest.raises(UsageError, match="needs the model on a CUDA device"):
-        set_all_reduce(shard, "symm_mem")
-    assert [len(m._forward_hooks) for layer in shard.layers for m in (layer.attention, layer.feed_forward)] == hooks
+        tp.set_all_reduce(shard, "symm_mem")
+    assert norms == [shard.norm, *(n for layer in shard.layers for n in (layer.attention_norm, layer.ffn_norm))]
+    idx, pos = torch.tensor([[3, 1, 4]]), torch.arange(3)
+    for model in (full, shard):
+        model.setup_caches(1, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(shard(idx, pos), full(idx, pos), rtol=1e-5, atol=1e-5)
+    assert calls == [(1, 3, 64)] * 5  # two a layer, one before the output layer
 
 
 ALL_REDUCE_CHECK = """
-import torch, kernels as K
+import sys, torch, kernels as K
+from model import rms_norm
 # Three ranks' buffers in CPU memory; the kernel runs as rank 1, after ranks 0 and 2 have pushed their rows
 # and raised their flags (the interpreter runs one kernel at a time, so the others are played by PyTorch).
-N, world, block, rank = 1000, 3, 256, 1
+# With "norm", the kernel returns model.rms_norm of the sum, in one program.
+norm = sys.argv[1] == "norm"
+N, world, block, rank = 1000, 3, 1024 if norm else 256, 1
+w = torch.rand(N) + 0.5
 P = -(-N // block)
 bufs = [torch.zeros(K.AR_FLAGS + 2 * world * N, dtype=torch.int32) for _ in range(world)]
 peers = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.int64)
@@ -241,8 +254,12 @@ def call(e):
         slots(bufs[rank], e, r).copy_(xs[r])
         flag = torch.tensor(e + (r == 2), dtype=torch.int64)  # a flag may already be the next call's
         bufs[rank][torch.arange(P) * world + r] = (flag - 2 ** 32 if flag >= 2 ** 31 else flag).to(torch.int32)
-    y = K.all_reduce_launch(xs[rank], peers, epoch, rank, block=block, num_warps=1)
-    assert torch.equal(y, xs[0] + xs[1] + xs[2]), (y - xs[0] - xs[1] - xs[2]).abs().max()  # in rank order
+    y = K.all_reduce_launch(xs[rank], peers, epoch, rank, block=block, num_warps=1, weight=w if norm else None,
+                            eps=1e-5)
+    if norm:  # (the sum of squares in another order than torch.mean's)
+        torch.testing.assert_close(y, rms_norm(xs[0] + xs[1] + xs[2], w, 1e-5), rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(y, xs[0] + xs[1] + xs[2]), (y - xs[0] - xs[1] - xs[2]).abs().max()  # in rank order
     for b in (bufs[0], bufs[2]):  # rank 1 pushed its row and raised its flag in the other ranks' buffers
         assert torch.equal(slots(b, e, rank), xs[rank]) and b[torch.arange(P) * world + rank].tolist() == [e] * P
     assert epoch.tolist() == [e] * P
@@ -255,13 +272,15 @@ print("ok")
 """
 
 
-def test_all_reduce_kernel_in_interpreter():
-    """tp.py's symmetric-memory all-reduce kernel on CPU through Triton's interpreter: the sum in rank order,
-    the pushes and flags, the alternating slots, a flag of the next call, and the count wrapping around."""
+@pytest.mark.parametrize("mode", ["sum", "norm"])
+def test_all_reduce_kernel_in_interpreter(mode):
+    """tp.py's symmetric-memory all-reduce kernel on CPU through Triton's interpreter: the sum in rank order (or the
+    RMSNorm of the sum, as model.rms_norm computes it), the pushes and flags, the alternating slots, a flag of the
+    next call, and the count wrapping around."""
     pytest.importorskip("triton")
     from conftest import run_cli
 
-    r = run_cli("-c", ALL_REDUCE_CHECK, env={"TRITON_INTERPRET": "1"})
+    r = run_cli("-c", ALL_REDUCE_CHECK, mode, env={"TRITON_INTERPRET": "1"})
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 

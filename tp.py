@@ -185,11 +185,15 @@ def set_all_reduce(model: Transformer, all_reduce: str = "nccl") -> Transformer:
     return model
 
 
+def _zeros(module, inputs, output: Tensor) -> Tensor:
+    return torch.zeros_like(output)
+
+
 def _rank0_holds(model: Transformer, rank: int) -> None:
     """Rank 0's part of the residual stream starts as the embedding, the others' as zeros; the row-parallel
     layers' biases stay on rank 0 (added once by the sum over ranks)."""
     if rank != 0:
-        model.tok_embeddings.register_forward_hook(lambda module, inputs, output: torch.zeros_like(output))
+        model.tok_embeddings.register_forward_hook(_zeros)
     for layer in model.layers:
         for linear in (layer.attention.wo, layer.feed_forward.w2):
             if rank != 0 and getattr(linear, "bias", None) is not None:

@@ -5,13 +5,15 @@
 
 1. Correctness (float32, Llama-2-7B widths, 4 layers, random weights): greedy tokens of one GPU (eager),
    of the N-GPU shard eager and compiled with CUDA graphs must all be equal; with sampling (same seed)
-   every rank must draw the same tokens; the same greedy checks with the weights quantized to int4.
+   every rank must draw the same tokens; the same greedy checks with the weights quantized to int4, and in
+   bfloat16 (the float16-pair int4 GEMV) one decode step's logits of one GPU and of N near the float32 model's.
 2. Speed (bfloat16, Llama-2-7B shape): compiled decode tokens/s on one GPU and on N GPUs, per-GPU
    weight memory and bandwidth (weights read per token x tokens/s). With --int8_70b 80: the same for
    a Llama-2-70B-shape int8 model, as a fraction of the copy bandwidth measured in the same process.
-3. All-reduce of one decode activation (1, 1, dim), 2 x layers of them in one CUDA graph: NCCL through
+3. All-reduce of one decode activation (1, 1, dim), 2 x layers + 1 of them in one CUDA graph: NCCL through
    the functional collective tp.py uses, PyTorch's symmetric-memory one-shot all-reduce, and tp.py's
-   symm_mem all-reduce (kernels.all_reduce_launch) at several splits; that kernel checked against NCCL.
+   symm_mem all-reduce (kernels.all_reduce_launch) at several splits and with the RMSNorm (as tp.py's decode
+   steps run it); that kernel checked against NCCL, and with the norm against NCCL + model.rms_norm.
 4. Last, tp.py's opt-in --all_reduce symm_mem: greedy equality (float32) and tokens/s (bf16).
 Rank 0 prints a table last and writes gpu_check_tp.json under $OUT (if set).
 """
@@ -69,8 +71,10 @@ def run(model, n_tokens, decode_fn=generate.decode_one_token, temperature=0.0, t
 
 @torch.no_grad()
 def decode_logits(model) -> Tensor:
-    """Float32 logits of one eager decode step after PROMPT: one row through each product's decode kernel."""
-    model.setup_caches(1, 16)  # (new caches and RoPE tables, in float32 whatever the model's dtype)
+    """Float32 logits of one decode step after PROMPT (through the model's blocks as they are, compiled or not): one
+    row through each product's decode kernel."""
+    model.max_batch_size = -1  # setup_caches makes new caches and RoPE tables (float32), even after model.to(dtype)
+    model.setup_caches(1, 16)
     idx, n = torch.tensor(PROMPT, device="cuda"), len(PROMPT[0])
     model(idx, torch.arange(n, device="cuda"))
     return model(idx[:, -1:], torch.tensor([n], device="cuda")).float()
@@ -261,7 +265,7 @@ def main():
     report, ok = {"world_size": n, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}, True
 
     if a.all_reduce_only:
-        times = all_reduce_times(shape["dim"], 2 * a.layers)
+        times = all_reduce_times(shape["dim"], 2 * a.layers + 1)
         agrees = all_reduce_agrees(shape["dim"]) & all_reduce_agrees(shape["dim"], norm=True)
         if rank == 0:
             print(f"\ntp.py's all-reduce on {n} x {report['gpu']}: == NCCL, on all ranks: {'PASS' if agrees else 'FAIL'}",
@@ -324,8 +328,8 @@ def main():
     del shard
     torch.cuda.empty_cache()
 
-    # 3. all-reduce per layer (two per layer)
-    report["all_reduce_ms"] = all_reduce_times(shape["dim"], 2 * a.layers)
+    # 3. the all-reduces (two per layer and one before the output layer)
+    report["all_reduce_ms"] = all_reduce_times(shape["dim"], 2 * a.layers + 1)
     try:
         checks["tp.py symm_mem all-reduce == NCCL, on all ranks"] = ok_ar = all_reduce_agrees(shape["dim"])
         checks["tp.py symm_mem all-reduce + RMSNorm == NCCL + model.rms_norm"] = ok_n = all_reduce_agrees(shape["dim"],
@@ -337,7 +341,8 @@ def main():
         report["int8_70b"] = int8_70b(a.int8_70b, a.new_tokens, rank, n)
     if rank == 0:
         s, dim, nccl_ms = report["speed"], shape["dim"], report["all_reduce_ms"]["nccl (funcol)"]
-        nccl_share = f"{2 * a.layers * nccl_ms * s['tok_s_ngpu'] / 1000:.0%}" if isinstance(nccl_ms, float) else "n/a"
+        calls = 2 * a.layers + 1
+        nccl_share = f"{calls * nccl_ms * s['tok_s_ngpu'] / 1000:.0%}" if isinstance(nccl_ms, float) else "n/a"
         rows = [*(f"{k:<40} {'PASS' if v else 'FAIL'}" for k, v in checks.items()),
                 f"{'decode tok/s, 1 GPU (bf16, compiled)':<40} {s['tok_s_1gpu']:.1f}",
                 f"{f'decode tok/s, {n} GPUs':<40} {s['tok_s_ngpu']:.1f} ({s['speedup']:.2f}x)",
@@ -345,7 +350,7 @@ def main():
                 f"{'weight GB/s: 1 GPU / per GPU':<40} {s['GB_s_1gpu']:.0f} / {s['GB_s_per_gpu']:.0f}",
                 *(f"{f'memory GB rank {r} (allocated, peak)':<40} {m[0]:.2f}, {m[1]:.2f}" for r, m in enumerate(mem)),
                 *all_reduce_rows(report["all_reduce_ms"], f"all-reduce (1, 1, {dim}) bf16, "),
-                f"{f'{2 * a.layers} NCCL all-reduces, share of a token':<40} {nccl_share}"]
+                f"{f'{calls} NCCL all-reduces, share of a token':<40} {nccl_share}"]
         if a.int8_70b:
             b = report["int8_70b"]
             rows += [f"{f'70B-shape int8 ({a.int8_70b} layers), {n} GPUs':<40} {b['tok_s']:.1f} tok/s, "

@@ -1068,7 +1068,9 @@ if triton is not None:
         return y
 
     def norm_block(dim: int) -> tuple[int, int]:
-        """(block, num_warps) of a row of dim values in one program: rms_norm_launch's."""
+        """(block, num_warps) of a row of dim values in one program (rms_norm_launch, the all-reduce with the norm):
+        16 values a thread at widths 4096-8192, 8 at 576 (4 or 16 warps at 4096: no faster end to end, BENCHMARKS.md
+        run 152)."""
         block = triton.next_power_of_2(dim)
         return block, min(16, max(4, block // 512))
 
@@ -1105,8 +1107,6 @@ if triton is not None:
         """model.rms_norm(x, weight, eps) for x and weight of one 16-bit dtype: a program a row."""
         D = x.shape[-1]
         x2, y = x.reshape(-1, D).contiguous(), torch.empty_like(x, memory_format=torch.contiguous_format)
-        # 16 values a thread at widths 4096-8192, 8 at 576 (4 or 16 warps at 4096: no faster end to end, BENCHMARKS.md
-        # run 152)
         BLOCK, num_warps = norm_block(D)
         _rms_norm_kernel[(x2.shape[0],)](x2, weight.contiguous(), y, D, eps, BLOCK=BLOCK, num_warps=num_warps,
                                          **_pdl(x))

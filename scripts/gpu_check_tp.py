@@ -164,9 +164,6 @@ def all_reduce_agrees(dim: int, calls: int = 50, norm: bool = False) -> bool:
     def launch(x):
         return K.all_reduce_launch(x, peers, epoch, handle.rank, block, num_warps, w, 1e-5)
 
-    def agrees(x: Tensor, y: Tensor) -> bool:
-        return agrees_nccl(x, y, None if w is None else lambda s: rms_norm(s.to(torch.bfloat16), w, 1e-5))
-
     launch(x)  # built before the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -179,7 +176,7 @@ def all_reduce_agrees(dim: int, calls: int = 50, norm: bool = False) -> bool:
             y = y_graph.clone()
         else:
             y = launch(x)
-        ok &= agrees(x, y)
+        ok &= agrees(x, y, w)
     # Back to back with the ranks out of step: 16 calls in one CUDA graph, each rank sleeping before different
     # calls, so that one rank runs ahead of another (what the two sets of slots are for)
     xs = torch.randn(16, dim, device="cuda", dtype=torch.bfloat16)
@@ -193,7 +190,7 @@ def all_reduce_agrees(dim: int, calls: int = 50, norm: bool = False) -> bool:
     for _ in range(5):
         xs.normal_()
         graph.replay()
-        ok &= all([agrees(x, y) for x, y in zip(xs, ys)])  # (a list: every rank makes every collective call)
+        ok &= all([agrees(x, y, w) for x, y in zip(xs, ys)])  # (a list: every rank makes every collective call)
     return ok
 
 
@@ -201,13 +198,13 @@ def all_reduce_rows(times: dict, prefix: str) -> list[str]:
     return [f"{prefix + k:<40} {v if isinstance(v, str) else f'{v * 1000:.1f} us'}" for k, v in times.items()]
 
 
-def agrees_nccl(x: Tensor, y: Tensor, then=None) -> bool:
-    """y, this rank's all-reduce of x, is NCCL's within a bf16 rounding (with then, then(NCCL's) within three: the
-    sum is rounded, normalised and scaled), and the same bits on every rank."""
+def agrees(x: Tensor, y: Tensor, w: Tensor | None = None) -> bool:
+    """y, this rank's all-reduce of x, is NCCL's within a bf16 rounding (with a norm weight w, model.rms_norm of
+    NCCL's within three: the sum is rounded, normalised and scaled), and the same bits on every rank."""
     ref = funcol.wait_tensor(funcol.all_reduce(x.float(), "sum", dist.group.WORLD))
-    ref = ref if then is None else then(ref).float()
+    ref = ref if w is None else rms_norm(ref.to(x.dtype), w, 1e-5).float()
     every = funcol.wait_tensor(funcol.all_gather_tensor(y.reshape(1, -1), 0, dist.group.WORLD))
-    rtol = 2 ** -7 if then is None else 3 * 2 ** -8
+    rtol = 2 ** -7 if w is None else 3 * 2 ** -8
     return bool(torch.allclose(y.float(), ref, rtol=rtol, atol=1e-6) and (every == y.reshape(1, -1)).all())
 
 

@@ -985,63 +985,85 @@ if triton is not None:
         return y
 
     # One-shot all-reduce of one decode activation over the GPUs of one host (tp.py --all_reduce symm_mem). Each
-    # rank owns a buffer in symmetric memory (mapped into every rank; `peers` holds its address in each rank):
-    # FLAGS int32 words of flags, then 2 x WORLD slots of N values. Every rank pushes its x into slot RANK of
-    # every other rank's buffer (stores over NVLink, which do not wait for a reply) and then raises its flag
-    # there; once the other ranks' flags of this call are up in its own buffer, it sums x and their slots, in
-    # rank order, so that every rank gets the same bits. One kernel and one crossing of NVLink, where PyTorch's
-    # one-shot all-reduce needs a copy into symmetric memory, then a kernel that exchanges flags before it
-    # reads every peer's buffer.
-    # Calls are counted on the device (epoch, one counter per program; under CUDA graphs nothing else could
-    # count them): the flag of call e is e, and calls alternate between the two sets of slots, so a rank
-    # that has gone on to call e + 1 cannot overwrite the slots a slower rank is still summing for call e
-    # (to reach e + 2 it needs that rank's flag of e + 1, raised only after that rank finished e). This holds
-    # if every rank makes the same calls, in one stream, with the same split (block), and every kernel
-    # launched with PDL waits (gdc_wait) before it touches memory, as all of this file's and Inductor's do.
-    # Like NCCL, a rank waits for the others as long as it takes (torchrun stops every rank if one dies).
-    # Needs peer atomics: NVLink (or another P2P link that has them).
+    # rank owns a buffer in symmetric memory (mapped into every rank; `peers` holds its address in each rank): two
+    # sets of WORLD slots of int64 words, each word 4 bytes of x (two 16-bit values or one 32-bit one) and, above
+    # them, the number of the call that wrote it (NCCL's "LL" protocol). Every rank stores its words into slot RANK
+    # of every other rank's buffer (stores over NVLink, which do not wait for a reply) and reads its own buffer
+    # until every word of every other rank's slot carries this call's number; then it sums x and theirs, in rank
+    # order, so that every rank gets the same bits. A word is stored and read whole (8 bytes, aligned), so its
+    # value is there once its number is: no flag, no fence, one crossing of NVLink (one all-reduce + RMSNorm of
+    # 4096 bf16 on two H200s: 3.1 us, against 4.3 with a flag raised after the values, BENCHMARKS.md run 176).
+    # Calls are counted on the device (epoch, one counter per program; under CUDA graphs nothing else could count
+    # them), and alternate between the two sets of slots, so a rank that has gone on to call e + 1 cannot
+    # overwrite the slots a slower rank is still summing for call e (to reach e + 2 it needs that rank's words of
+    # e + 1, stored only after that rank finished e). This holds if every rank makes the same calls, in one
+    # stream, with the same split (block), and every kernel launched with PDL waits (gdc_wait) before it touches
+    # memory, as all of this file's and Inductor's do. Like NCCL, a rank waits for the others as long as it takes
+    # (torchrun stops every rank if one dies).
     # With NORM (one program for the row), the kernel returns model.rms_norm of the sum instead of the sum: tp.py keeps
     # the residual stream as a part on each rank, summed only where a norm reads it, so that a decode step's
     # all-reduce and the norm after it are one kernel.
-    AR_FLAGS, AR_BLOCK, AR_WARPS = 256, 1024, 4  # int32 words of flags; the values each program sums, its warps
+    AR_BLOCK, AR_WARPS = 1024, 4  # the values each program sums, its warps
+
+    def ar_words(n: int, dtype) -> int:
+        """int64 words of one slot of n values of dtype (16- or 32-bit)."""
+        return triton.cdiv(n * dtype.itemsize, 4)
 
     @triton.jit
-    def _buffer(peers_ptr, r):  # rank r's buffer (its flags), mapped into this process
-        return tl.load(peers_ptr + r).to(tl.pointer_type(tl.int32))
+    def _ll_pack(x, e):  # x (B,), 16- or 32-bit -> (B * bits / 32,) int64 words: 4 bytes of x, call number e above
+        if x.dtype.primitive_bitwidth == 16:
+            b = x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+            lo, hi = tl.split(tl.reshape(b, (x.shape[0] // 2, 2)))
+            d = lo | (hi << 16)
+        else:
+            d = x.to(tl.int32, bitcast=True)
+        return (d.to(tl.int64) & 0xFFFFFFFF) | (e.to(tl.int64) << 32)
+
+    @triton.jit
+    def _ll_unpack(words, dtype: tl.constexpr):  # _ll_pack's words -> the values of x, as float32
+        d = words.to(tl.int32)  # the low half
+        if dtype.primitive_bitwidth == 16:
+            lo = (d & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
+            hi = (d >> 16).to(tl.int16).to(dtype, bitcast=True)
+            v = tl.reshape(tl.join(lo, hi), (2 * words.shape[0],))
+        else:
+            v = d.to(dtype, bitcast=True)
+        return v.to(tl.float32)
 
     @triton.jit
     def _all_reduce_kernel(x_ptr, y_ptr, peers_ptr, epoch_ptr, w_ptr, eps, N, RANK: tl.constexpr, WORLD: tl.constexpr,
-                           FLAGS: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr):
-        p = tl.program_id(0)  # the programs split x; each has its own flags and epoch
+                           BLOCK: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr):
+        p = tl.program_id(0)  # the programs split x; each has its own epoch
         offs = p * BLOCK + tl.arange(0, BLOCK)
         ok = offs < N
         dtype = x_ptr.dtype.element_ty
+        PAIRS: tl.constexpr = 32 // dtype.primitive_bitwidth  # values a word
+        NW = (N + PAIRS - 1) // PAIRS  # words a slot
+        words = p * (BLOCK // PAIRS) + tl.arange(0, BLOCK // PAIRS)
+        words_ok = words < NW
         if NORM:
             w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)  # independent of the kernel before
         if PDL:
             tl.extra.cuda.gdc_wait()  # x, and the epoch, which the kernel before may be the all-reduce before
-        e = tl.load(epoch_ptr + p) + 1  # wraps around after 2^31 calls: the slots take its last bit,
+        e = tl.load(epoch_ptr + p) + 1  # wraps around (int32); only its last bit and equality are used
         slots = (e & 1) * WORLD  # this call's set of slots
         x = tl.load(x_ptr + offs, mask=ok, other=0.0)
-        for r in tl.static_range(WORLD):  # push x into slot RANK of every other rank's buffer
+        mine = _ll_pack(x, e)
+        for r in tl.static_range(WORLD):  # x into slot RANK of every other rank's buffer
             if r != RANK:
-                data = (_buffer(peers_ptr, r) + FLAGS).to(tl.pointer_type(dtype))
-                tl.store(tl.multiple_of(data, 16) + (slots + RANK) * N + offs, x, mask=ok)
-        tl.debug_barrier()  # all of this program's stores come before its flags (whose release publishes them)
-        for r in tl.static_range(WORLD):
-            if r != RANK:
-                tl.atomic_xchg(_buffer(peers_ptr, r) + p * WORLD + RANK, e, sem="release", scope="sys")
-        flags = _buffer(peers_ptr, RANK)
-        data = tl.multiple_of((flags + FLAGS).to(tl.pointer_type(dtype)), 16)
+                tl.store(tl.load(peers_ptr + r).to(tl.pointer_type(tl.int64)) + (slots + RANK) * NW + words, mine,
+                         mask=words_ok)
+        own = tl.load(peers_ptr + RANK).to(tl.pointer_type(tl.int64))
+        now = e.to(tl.int64) << 32  # (the masked-off words count as arrived)
         acc = tl.zeros((BLOCK,), tl.float32)
         for r in tl.static_range(WORLD):
             if r == RANK:
                 acc += x.to(tl.float32)
-            else:  # wait for rank r's flag of this call (or the next: the difference wraps too), then read its
-                # slot from L2, not L1. Swapping -1 for -1 changes nothing: an acquiring read.
-                while tl.atomic_cas(flags + p * WORLD + r, -1, -1, sem="acquire", scope="sys") - e < 0:
-                    pass
-                acc += tl.load(data + (slots + r) * N + offs, mask=ok, other=0.0, cache_modifier=".cg").to(tl.float32)
+            else:  # read rank r's slot (volatile: from memory each time) until all of it is from this call
+                got = tl.load(own + (slots + r) * NW + words, mask=words_ok, other=now, volatile=True)
+                while tl.min(((got >> 32).to(tl.int32) == e).to(tl.int32), axis=0) == 0:
+                    got = tl.load(own + (slots + r) * NW + words, mask=words_ok, other=now, volatile=True)
+                acc += _ll_unpack(got, dtype)
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
         if NORM:  # one program holds the row: _rms_norm_kernel's arithmetic on the sum, rounded to x's dtype first
@@ -1053,18 +1075,17 @@ if triton is not None:
 
     def all_reduce_launch(x: Tensor, peers: Tensor, epoch: Tensor, rank: int, block: int | None = None,
                           num_warps: int | None = None, weight: Tensor | None = None, eps: float = 0.0) -> Tensor:
-        """The sum over ranks of x (one row), each rank's buffer of AR_FLAGS int32 words and 2 x world x
-        x.numel() values at peers[r] (int64 addresses, on the device); epoch: int32, one per program of this
-        split (block), zero on a new buffer and kept between calls. With a weight: model.rms_norm(sum, weight, eps)
+        """The sum over ranks of x (one row, 16- or 32-bit), each rank's buffer of 2 x world x ar_words(x.numel(),
+        x.dtype) int64 words at peers[r] (int64 addresses, on the device); epoch: int32, one per program of this split
+        (block, even), zero on a new buffer and kept between calls. With a weight: model.rms_norm(sum, weight, eps)
         instead of the sum, in one program (block: norm_block(x.numel()))."""
         N, world, block = x.numel(), peers.numel(), block or AR_BLOCK
-        assert epoch.numel() == triton.cdiv(N, block) and world * epoch.numel() <= AR_FLAGS, "one buffer, one split"
+        assert epoch.numel() == triton.cdiv(N, block) and block % 2 == 0, "one buffer, one split"
         assert weight is None or block >= N, "the norm needs the whole row in one program"
         y = torch.empty_like(x)
         _all_reduce_kernel[(triton.cdiv(N, block),)](x, y, peers, epoch, x if weight is None else weight, eps, N,
-                                                      RANK=rank, WORLD=world, FLAGS=AR_FLAGS, BLOCK=block,
-                                                      NORM=weight is not None, num_warps=num_warps or AR_WARPS,
-                                                      **_pdl(x))
+                                                      RANK=rank, WORLD=world, BLOCK=block, NORM=weight is not None,
+                                                      num_warps=num_warps or AR_WARPS, **_pdl(x))
         return y
 
     def norm_block(dim: int) -> tuple[int, int]:

@@ -133,15 +133,15 @@ _symm_bufs: dict = {}
 
 
 def symm_mem_buffers(dim: int, dtype, device, group: str, block: int | None = None) -> tuple:
-    """A new buffer in symmetric memory for kernels.all_reduce_launch: its flags (zero), then two sets of world
-    slots of dim values; with the rendezvous handle (which maps every rank's buffer into this process), the
+    """A new buffer in symmetric memory for kernels.all_reduce_launch: two sets of world slots of dim values (in
+    int64 words, zero: no call's yet); with the rendezvous handle (which maps every rank's buffer into this process), the
     int64 address of each rank's buffer and the kernel's call counters (zero). A collective call."""
     import torch.distributed._symmetric_memory as symm_mem
 
     world, block = dist.get_world_size(), block or K.AR_BLOCK
-    buf = symm_mem.empty(K.AR_FLAGS + 2 * world * dim * dtype.itemsize // 4, dtype=torch.int32, device=device)
+    buf = symm_mem.empty(2 * world * K.ar_words(dim, dtype), dtype=torch.int64, device=device)
     buf.zero_()
-    torch.cuda.synchronize(device)  # zero before any peer can raise a flag in it
+    torch.cuda.synchronize(device)  # zero before any peer can write to it
     handle = symm_mem.rendezvous(buf, group)
     assert handle.buffer_ptrs[handle.rank] == buf.data_ptr(), "the addresses are those of the buffers' starts"
     peers = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)

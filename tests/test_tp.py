@@ -234,41 +234,53 @@ def test_set_all_reduce_replaces_the_norms(monkeypatch):
 
 
 ALL_REDUCE_CHECK = """
-import sys, torch, kernels as K
+import sys, threading, time, torch, kernels as K
 from model import rms_norm
-# Three ranks' buffers in CPU memory; the kernel runs as rank 1, after ranks 0 and 2 have pushed their rows
-# and raised their flags (the interpreter runs one kernel at a time, so the others are played by PyTorch).
-# With "norm", the kernel returns model.rms_norm of the sum, in one program.
-# The norm runs in float16, where the kernel must round the sum before normalising, as model.rms_norm rounds it.
+# Three ranks' buffers in CPU memory; the kernel runs as rank 1, after ranks 0 and 2 have stored their rows in its
+# buffer (the interpreter runs one kernel at a time, so the others are played by PyTorch), each word of 4 bytes of
+# the row with the number of the call above them. With "norm", the kernel returns model.rms_norm of the sum, in one
+# program. The norm runs in float16, where the kernel must round the sum before normalising, as model.rms_norm does.
 norm = sys.argv[1] == "norm"
 N, world, block, rank = 1000, 3, 1024 if norm else 256, 1
 dtype = torch.float16 if norm else torch.float32
 w = (torch.rand(N) + 0.5).to(dtype)
-P = -(-N // block)
-bufs = [torch.zeros(K.AR_FLAGS + 2 * world * N, dtype=torch.int32) for _ in range(world)]
+P, NW = -(-N // block), K.ar_words(N, dtype)
+bufs = [torch.zeros(2 * world * NW, dtype=torch.int64) for _ in range(world)]
 peers = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.int64)
 epoch = torch.zeros(P, dtype=torch.int32)
-def slots(b, e, r):  # rank r's slot of call e's set in buffer b
-    return b[K.AR_FLAGS:].view(dtype)[((e & 1) * world + r) * N:][:N]
-def call(e):
+def slot(b, e, r):  # rank r's slot of call e's set in buffer b
+    return b[((e & 1) * world + r) * NW:][:NW]
+def words(x, e):  # little-endian: value 2i in the low 2 bytes of word i
+    d = x.view(torch.int16) if dtype.itemsize == 2 else x.view(torch.int32)
+    d = torch.cat([d, d.new_zeros(len(d) % (4 // dtype.itemsize))]).view(torch.int32)
+    return (d.to(torch.int64) & 0xFFFFFFFF) | (torch.tensor(e, dtype=torch.int64) << 32)
+def call(e, late=False):
     xs = [torch.randn(N).to(dtype) for _ in range(world)]
     for r in (0, 2):
-        slots(bufs[rank], e, r).copy_(xs[r])
-        flag = torch.tensor(e + (r == 2), dtype=torch.int64)  # a flag may already be the next call's
-        bufs[rank][torch.arange(P) * world + r] = (flag - 2 ** 32 if flag >= 2 ** 31 else flag).to(torch.int32)
-    y = K.all_reduce_launch(xs[rank], peers, epoch, rank, block=block, num_warps=1, weight=w if norm else None,
-                            eps=1e-5)
+        slot(bufs[rank], e, r).copy_(words(xs[r], e))
+    if late:  # one word of rank 2 is still call e - 2's: the kernel must wait for it
+        slot(bufs[rank], e, 2)[NW - 3] = words(torch.randn(N).to(dtype), e - 2)[NW - 3]
+    y = []
+    t = threading.Thread(target=lambda: y.append(K.all_reduce_launch(xs[rank], peers, epoch, rank, block=block,
+                                                                     num_warps=1, weight=w if norm else None, eps=1e-5)))
+    t.start()
+    if late:
+        time.sleep(2)
+        assert t.is_alive() and not y, "the kernel went on without the word of this call"
+        slot(bufs[rank], e, 2)[NW - 3] = words(xs[2], e)[NW - 3]
+    t.join(120)
+    y = y[0]
     if norm:  # the same bits, but where the sum of squares in another order than torch.mean's tips a rounding
         ref = rms_norm((xs[0].float() + xs[1].float() + xs[2].float()).to(dtype), w, 1e-5)
         torch.testing.assert_close(y, ref, rtol=2 ** -10, atol=0)
         assert (y == ref).float().mean() > 0.98, (y == ref).float().mean()
     else:
         assert torch.equal(y, xs[0] + xs[1] + xs[2]), (y - xs[0] - xs[1] - xs[2]).abs().max()  # in rank order
-    for b in (bufs[0], bufs[2]):  # rank 1 pushed its row and raised its flag in the other ranks' buffers
-        assert torch.equal(slots(b, e, rank), xs[rank]) and b[torch.arange(P) * world + rank].tolist() == [e] * P
+    for b in (bufs[0], bufs[2]):  # rank 1 stored its row, with the call's number, in the other ranks' buffers
+        assert torch.equal(slot(b, e, rank), words(xs[rank], e))
     assert epoch.tolist() == [e] * P
 for e in (1, 2, 3):  # calls alternate between the two sets of slots
-    call(e)
+    call(e, late=e == 3)
 epoch.fill_(2 ** 31 - 2)  # the count wraps around: 2^31 - 1, then -2^31, -2^31 + 1
 for e in (2 ** 31 - 1, -2 ** 31, -2 ** 31 + 1):
     call(e)
@@ -279,8 +291,8 @@ print("ok")
 @pytest.mark.parametrize("mode", ["sum", "norm"])
 def test_all_reduce_kernel_in_interpreter(mode):
     """tp.py's symmetric-memory all-reduce kernel on CPU through Triton's interpreter: the sum in rank order (or the
-    RMSNorm of the sum, as model.rms_norm computes it), the pushes and flags, the alternating slots, a flag of the
-    next call, and the count wrapping around."""
+    RMSNorm of the sum, as model.rms_norm computes it), the stores to the other ranks, the wait for every word of
+    this call, the alternating slots, and the count wrapping around."""
     pytest.importorskip("triton")
     from conftest import run_cli
 

@@ -990,9 +990,11 @@ if triton is not None:
     # them, the number of the call that wrote it (NCCL's "LL" protocol). Every rank stores its words into slot RANK
     # of every other rank's buffer (stores over NVLink, which do not wait for a reply) and reads its own buffer
     # until every word of every other rank's slot carries this call's number; then it sums x and theirs, in rank
-    # order, so that every rank gets the same bits. A word is stored and read whole (8 bytes, aligned), so its
-    # value is there once its number is: no flag, no fence, one crossing of NVLink (one all-reduce + RMSNorm of
-    # 4096 bf16 on two H200s: 3.1 us, against 4.3 with a flag raised after the values, BENCHMARKS.md run 176).
+    # order, so that every rank gets the same bits. A word is stored and read whole (8 bytes, aligned; strong
+    # stores and volatile loads, for which PTX promises it), so its value is there once its number is: no flag, no
+    # fence, one crossing of NVLink. One all-reduce + RMSNorm of 4096 bf16 on two H200s: 3.5 us (3.1 with plain
+    # stores, 0.9% faster end to end but not promised whole), against 4.3 with a flag raised after the values
+    # (BENCHMARKS.md runs 176-179).
     # Calls are counted on the device (epoch, one counter per program; under CUDA graphs nothing else could count
     # them), and alternate between the two sets of slots, so a rank that has gone on to call e + 1 cannot
     # overwrite the slots a slower rank is still summing for call e (to reach e + 2 it needs that rank's words of
@@ -1031,8 +1033,23 @@ if triton is not None:
         return v.to(tl.float32)
 
     @triton.jit
+    def _store_sys(ptr, words, mask, STRONG: tl.constexpr):
+        # int64 words stored whole as the PTX memory model promises it to a volatile reader: strong (relaxed, system
+        # scope) stores, as NCCL's st.volatile; a plain tl.store in Triton's interpreter, which cannot run PTX.
+        if STRONG:
+            tl.inline_asm_elementwise(
+                """{
+                .reg .pred p;
+                setp.ne.b32 p, $3, 0;
+                @p st.relaxed.sys.global.b64 [$1], $2;
+                mov.b32 $0, 0;
+                }""", "=r,l,l,r", [ptr, words, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.store(ptr, words, mask=mask)
+
+    @triton.jit
     def _all_reduce_kernel(x_ptr, y_ptr, peers_ptr, epoch_ptr, w_ptr, eps, N, RANK: tl.constexpr, WORLD: tl.constexpr,
-                           BLOCK: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr):
+                           BLOCK: tl.constexpr, NORM: tl.constexpr, STRONG: tl.constexpr, PDL: tl.constexpr):
         p = tl.program_id(0)  # the programs split x; each has its own epoch
         offs = p * BLOCK + tl.arange(0, BLOCK)
         ok = offs < N
@@ -1051,8 +1068,8 @@ if triton is not None:
         mine = _ll_pack(x, e)
         for r in tl.static_range(WORLD):  # x into slot RANK of every other rank's buffer
             if r != RANK:
-                tl.store(tl.load(peers_ptr + r).to(tl.pointer_type(tl.int64)) + (slots + RANK) * NW + words, mine,
-                         mask=words_ok)
+                _store_sys(tl.load(peers_ptr + r).to(tl.pointer_type(tl.int64)) + (slots + RANK) * NW + words, mine,
+                           words_ok, STRONG)
         own = tl.load(peers_ptr + RANK).to(tl.pointer_type(tl.int64))
         now = e.to(tl.int64) << 32  # (the masked-off words count as arrived)
         acc = tl.zeros((BLOCK,), tl.float32)
@@ -1085,7 +1102,7 @@ if triton is not None:
         y = torch.empty_like(x)
         _all_reduce_kernel[(triton.cdiv(N, block),)](x, y, peers, epoch, x if weight is None else weight, eps, N,
                                                       RANK=rank, WORLD=world, BLOCK=block, NORM=weight is not None,
-                                                      num_warps=num_warps or AR_WARPS, **_pdl(x))
+                                                      STRONG=x.is_cuda, num_warps=num_warps or AR_WARPS, **_pdl(x))
         return y
 
     def norm_block(dim: int) -> tuple[int, int]:

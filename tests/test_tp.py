@@ -240,9 +240,11 @@ from model import rms_norm
 # buffer (the interpreter runs one kernel at a time, so the others are played by PyTorch), each word of 4 bytes of
 # the row with the number of the call above them. With "norm", the kernel returns model.rms_norm of the sum, in one
 # program. The norm runs in float16, where the kernel must round the sum before normalising, as model.rms_norm does.
-norm = sys.argv[1] == "norm"
-N, world, block, rank = 1000, 3, 1024 if norm else 256, 1
-dtype = torch.float16 if norm else torch.float32
+# "sum16": float16 values, two a word, an odd width split between programs.
+mode = sys.argv[1]
+norm = mode == "norm"
+N, world, block, rank = 999 if mode == "sum16" else 1000, 3, 1024 if norm else 256, 1
+dtype = torch.float32 if mode == "sum" else torch.float16
 w = (torch.rand(N) + 0.5).to(dtype)
 P, NW = -(-N // block), K.ar_words(N, dtype)
 bufs = [torch.zeros(2 * world * NW, dtype=torch.int64) for _ in range(world)]
@@ -260,24 +262,31 @@ def call(e, late=False):
         slot(bufs[rank], e, r).copy_(words(xs[r], e))
     if late:  # one word of rank 2 is still call e - 2's: the kernel must wait for it
         slot(bufs[rank], e, 2)[NW - 3] = words(torch.randn(N).to(dtype), e - 2)[NW - 3]
+    before = [b.clone() for b in bufs]
     y = []
     t = threading.Thread(target=lambda: y.append(K.all_reduce_launch(xs[rank], peers, epoch, rank, block=block,
-                                                                     num_warps=1, weight=w if norm else None, eps=1e-5)))
+                                                                     num_warps=1, weight=w if norm else None, eps=1e-5)),
+                         daemon=True)
     t.start()
     if late:
         time.sleep(2)
         assert t.is_alive() and not y, "the kernel went on without the word of this call"
-        slot(bufs[rank], e, 2)[NW - 3] = words(xs[2], e)[NW - 3]
+        slot(bufs[rank], e, 2)[NW - 3] = slot(before[rank], e, 2)[NW - 3] = words(xs[2], e)[NW - 3]
     t.join(120)
+    assert not t.is_alive(), "the kernel is still waiting"
     y = y[0]
     if norm:  # the same bits, but where the sum of squares in another order than torch.mean's tips a rounding
         ref = rms_norm((xs[0].float() + xs[1].float() + xs[2].float()).to(dtype), w, 1e-5)
         torch.testing.assert_close(y, ref, rtol=2 ** -10, atol=0)
         assert (y == ref).float().mean() > 0.98, (y == ref).float().mean()
-    else:
-        assert torch.equal(y, xs[0] + xs[1] + xs[2]), (y - xs[0] - xs[1] - xs[2]).abs().max()  # in rank order
-    for b in (bufs[0], bufs[2]):  # rank 1 stored its row, with the call's number, in the other ranks' buffers
-        assert torch.equal(slot(b, e, rank), words(xs[rank], e))
+    else:  # in rank order, in float32
+        ref = (xs[0].float() + xs[1].float() + xs[2].float()).to(dtype)
+        assert torch.equal(y, ref), (y - ref).abs().max()
+    for b, old in zip(bufs, before):  # rank 1 stored its row, with the call's number, in the other ranks' buffers
+        if b is not bufs[rank]:    # and wrote nothing else
+            assert torch.equal(slot(b, e, rank), words(xs[rank], e))
+            slot(old, e, rank).copy_(slot(b, e, rank))
+        assert torch.equal(b, old)
     assert epoch.tolist() == [e] * P
 for e in (1, 2, 3):  # calls alternate between the two sets of slots
     call(e, late=e == 3)
@@ -288,11 +297,11 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("mode", ["sum", "norm"])
+@pytest.mark.parametrize("mode", ["sum", "sum16", "norm"])
 def test_all_reduce_kernel_in_interpreter(mode):
     """tp.py's symmetric-memory all-reduce kernel on CPU through Triton's interpreter: the sum in rank order (or the
-    RMSNorm of the sum, as model.rms_norm computes it), the stores to the other ranks, the wait for every word of
-    this call, the alternating slots, and the count wrapping around."""
+    RMSNorm of the sum, as model.rms_norm computes it), the stores to the other ranks and nowhere else, the wait for
+    every word of this call, the alternating slots, and the count wrapping around."""
     pytest.importorskip("triton")
     from conftest import run_cli
 

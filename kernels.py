@@ -992,9 +992,9 @@ if triton is not None:
     # until every word of every other rank's slot carries this call's number; then it sums x and theirs, in rank
     # order, so that every rank gets the same bits. A word is stored and read whole (8 bytes, aligned; strong
     # stores and volatile loads, for which PTX promises it), so its value is there once its number is: no flag, no
-    # fence, one crossing of NVLink. One all-reduce + RMSNorm of 4096 bf16 on two H200s: 3.5 us (3.1 with plain
+    # fence, one crossing of NVLink. One all-reduce + RMSNorm of 4096 bf16 on two H200s: 3.5-3.7 us (3.1 with plain
     # stores, 0.9% faster end to end but not promised whole), against 4.3 with a flag raised after the values
-    # (BENCHMARKS.md runs 176-179).
+    # (BENCHMARKS.md runs 176-180).
     # Calls are counted on the device (epoch, one counter per program; under CUDA graphs nothing else could count
     # them), and alternate between the two sets of slots, so a rank that has gone on to call e + 1 cannot
     # overwrite the slots a slower rank is still summing for call e (to reach e + 2 it needs that rank's words of

@@ -134,8 +134,8 @@ _symm_bufs: dict = {}
 
 def symm_mem_buffers(dim: int, dtype, device, group: str, block: int | None = None) -> tuple:
     """A new buffer in symmetric memory for kernels.all_reduce_launch: two sets of world slots of dim values (in
-    int64 words, zero: no call's yet); with the rendezvous handle (which maps every rank's buffer into this process), the
-    int64 address of each rank's buffer and the kernel's call counters (zero). A collective call."""
+    int64 words, zero: no call's yet); with the rendezvous handle (which maps every rank's buffer into this
+    process), the int64 address of each rank's buffer and the kernel's call counters (zero). A collective call."""
     import torch.distributed._symmetric_memory as symm_mem
 
     world, block = dist.get_world_size(), block or K.AR_BLOCK

@@ -264,9 +264,9 @@ def call(e, late=False):
         slot(bufs[rank], e, 2)[NW - 3] = words(torch.randn(N).to(dtype), e - 2)[NW - 3]
     before = [b.clone() for b in bufs]
     y = []
-    t = threading.Thread(target=lambda: y.append(K.all_reduce_launch(xs[rank], peers, epoch, rank, block=block,
-                                                                     num_warps=1, weight=w if norm else None, eps=1e-5)),
-                         daemon=True)
+    launch = lambda: y.append(K.all_reduce_launch(xs[rank], peers, epoch, rank, block=block, num_warps=1,
+                                                  weight=w if norm else None, eps=1e-5))
+    t = threading.Thread(target=launch, daemon=True)  # (daemon: a kernel that never returns fails the test)
     t.start()
     if late:
         time.sleep(2)

@@ -260,9 +260,10 @@ def main():
     n = dist.get_world_size()
     shape = dict(dim=4096, n_heads=32, n_kv_heads=32, head_dim=128, intermediate_size=11008, vocab_size=32000)
     report, ok = {"world_size": n, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}, True
+    calls = 2 * a.layers + 1  # the all-reduces of a decode step: two a layer, one before the output layer
 
     if a.all_reduce_only:
-        times = all_reduce_times(shape["dim"], 2 * a.layers + 1)
+        times = all_reduce_times(shape["dim"], calls)
         agrees = all_reduce_agrees(shape["dim"]) & all_reduce_agrees(shape["dim"], norm=True)
         if rank == 0:
             print(f"\ntp.py's all-reduce on {n} x {report['gpu']}: == NCCL, on all ranks: {'PASS' if agrees else 'FAIL'}",
@@ -325,8 +326,8 @@ def main():
     del shard
     torch.cuda.empty_cache()
 
-    # 3. the all-reduces (two per layer and one before the output layer)
-    report["all_reduce_ms"] = all_reduce_times(shape["dim"], 2 * a.layers + 1)
+    # 3. the all-reduces of a decode step
+    report["all_reduce_ms"] = all_reduce_times(shape["dim"], calls)
     try:
         checks["tp.py symm_mem all-reduce == NCCL, on all ranks"] = ok_ar = all_reduce_agrees(shape["dim"])
         checks["tp.py symm_mem all-reduce + RMSNorm == NCCL + model.rms_norm"] = ok_n = all_reduce_agrees(shape["dim"],
@@ -338,7 +339,6 @@ def main():
         report["int8_70b"] = int8_70b(a.int8_70b, a.new_tokens, rank, n)
     if rank == 0:
         s, dim, nccl_ms = report["speed"], shape["dim"], report["all_reduce_ms"]["nccl (funcol)"]
-        calls = 2 * a.layers + 1
         nccl_share = f"{calls * nccl_ms * s['tok_s_ngpu'] / 1000:.0%}" if isinstance(nccl_ms, float) else "n/a"
         rows = [*(f"{k:<40} {'PASS' if v else 'FAIL'}" for k, v in checks.items()),
                 f"{'decode tok/s, 1 GPU (bf16, compiled)':<40} {s['tok_s_1gpu']:.1f}",
